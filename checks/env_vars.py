@@ -1,0 +1,75 @@
+"""env: environment variables that decide memory behaviour and where the big caches land."""
+
+from __future__ import annotations
+
+import os
+
+from m3d_doctor.check import Check
+from m3d_doctor.context import Context
+from m3d_doctor.findings import Finding, Remedy, Severity
+from m3d_doctor.mounts import existing_volumes, mount_of
+
+
+def hf_home() -> str:
+    if os.environ.get("HF_HOME"):
+        return os.environ["HF_HOME"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "huggingface")
+
+
+def pip_cache() -> str:
+    if os.environ.get("PIP_CACHE_DIR"):
+        return os.environ["PIP_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pip")
+
+
+class EnvCheck(Check):
+    name = "env"
+    description = "allocator settings and where HF_HOME / the pip cache live"
+    order = 50
+    needs_live_target = False
+
+    def run(self, ctx: Context) -> list[Finding]:
+        findings: list[Finding] = []
+        for var, rule in ctx.profile.env.items():
+            want = rule.get("want", "")
+            have = os.environ.get(var)
+            for alias in [a.strip() for a in rule.get("misspellings", "").split(",") if a.strip()]:
+                if alias in os.environ and not have:
+                    findings.append(Finding(
+                        "env.misspelled", Severity.WARN, f"{alias} is set but nothing reads it; the name is {var}",
+                        cause=rule.get("why", ""), evidence={"set": alias, "value": os.environ[alias]},
+                        remedy=Remedy(f"export {var}={want}", "env.persist"),
+                    ))
+            if have is None or want not in have:
+                findings.append(Finding(
+                    f"env.{rule.get('id', var.lower())}", Severity.WARN,
+                    f"{var} is {'unset' if have is None else repr(have)}; recommended: {want}",
+                    cause=rule.get("why", ""), evidence={"variable": var, "value": have, "recommended": want,
+                                                         "source": rule.get("source", "")},
+                    remedy=Remedy(f"export {var}={want}", "env.persist"),
+                ))
+        volumes = existing_volumes(list(ctx.profile.raw.get("pod", {}).get("volumes", [])))
+        caches = {"HF_HOME": hf_home(), "PIP_CACHE_DIR": pip_cache()}
+        for var, path in caches.items():
+            where = mount_of(path if os.path.exists(path) else os.path.dirname(path) or "/")
+            ev = {"variable": var, "path": path, "mount": where, "volumes": volumes}
+            if volumes and not any(mount_of(v) == where for v in volumes):
+                target = os.path.join(volumes[0], ".cache", "huggingface" if var == "HF_HOME" else "pip")
+                findings.append(Finding(
+                    "env.cache-on-container-disk", Severity.WARN,
+                    f"{var} ({path}) is on the container disk while a volume exists at {volumes[0]}",
+                    cause="model downloads and wheels fill the container disk (the field report's 60 GB pod) "
+                          "and are lost with the pod",
+                    evidence=ev,
+                    remedy=Remedy(f"export {var}={target}",
+                                  "disk.move-hf-cache" if var == "HF_HOME" else "env.persist"),
+                ))
+            else:
+                findings.append(Finding(f"env.{var.lower()}", Severity.INFO, f"{var}: {path} (mount {where})",
+                                        evidence=ev))
+        return findings
+
+
+CHECK = EnvCheck()

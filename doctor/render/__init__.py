@@ -1,0 +1,1 @@
+"""Renderers turn results into text; they never compute or decide anything."""

@@ -1,0 +1,1 @@
+"""Fix plugins (entry-point group `m3d_doctor.fixes`); filled by the fix issues."""
