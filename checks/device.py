@@ -40,8 +40,9 @@ class DeviceCheck(Check):
             return [Finding(
                 f"device.{device}-{dtype}-unsupported", Severity.FAIL,
                 f"{dtype} layer_norm fails on {device} in this torch: use {good}",
-                cause=f"{result.get('type')}: {result.get('message')} — "
-                      f"{'CPU kernels for half precision are incomplete; run the CPU path in float32' if device == 'cpu' else ''}",
+                cause=f"{result.get('type')}: {result.get('message')}"
+                + (" — CPU kernels for half precision are incomplete; run the CPU path in float32"
+                   if device == "cpu" else ""),
                 evidence={**ev, "error": result},
                 remedy=Remedy(f"m3d-doctor run --device {device} --dtype {good}", None,
                               note=f"torch_dtype=torch.{good}"),
