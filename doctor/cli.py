@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -51,6 +52,18 @@ def _normalise(argv: list[str]) -> list[str]:
     return argv
 
 
+def resolve_python(spec: Optional[str]) -> str:
+    """`--python` takes a path or a command name on PATH ("python3")."""
+    if not spec:
+        return sys.executable
+    if os.sep in spec:
+        return spec
+    found = shutil.which(spec)
+    if not found:
+        raise UsageError(f"--python {spec}: not found on PATH")
+    return found
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .cache import Cache
     from .check import discover_checks, select_checks
@@ -77,7 +90,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise UsageError("--freeze and --python are exclusive")
         target = load_freeze(args.freeze)
     else:
-        python = args.python or sys.executable
+        python = resolve_python(args.python)
         target = Target(python=python, cache=cache, probe_timeout=args.timeout)
         _ = target.interp  # an interpreter that cannot run is a usage error, reported once, up front
     options = Options(offline=args.offline, verbose=args.verbose, strict=args.strict, dtype=args.dtype,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -73,4 +74,18 @@ class Context:
         return h.hexdigest()[:16]
 
     def gpu(self) -> dict[str, Any]:
-        return self.fact("nvml", nvml.snapshot)
+        """Driver and GPU identity (names, capabilities, totals). Cached while /proc says the driver and the
+        visible GPUs are unchanged: nvmlInit can take a second without the persistence daemon. Live memory
+        use is not in here; the vram check reads NVML itself."""
+        def produce() -> dict[str, Any]:
+            if not self.options.use_cache or os.environ.get("M3D_DOCTOR_NVML_REPLAY"):
+                return nvml.snapshot()
+            key = "nvml-" + hashlib.sha256(nvml.driver_identity().encode()).hexdigest()[:20]
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+            snap = nvml.snapshot()
+            if snap.get("available"):
+                self.cache.put(key, snap)
+            return snap
+        return self.fact("nvml", produce)

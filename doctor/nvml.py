@@ -15,6 +15,18 @@ def _s(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def driver_identity() -> str:
+    """What changes when the driver or the visible GPUs change, read from /proc without starting NVML."""
+    parts = [os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")]
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as fh:
+            parts.append(fh.readline().strip())
+        parts.extend(sorted(os.listdir("/proc/driver/nvidia/gpus")))
+    except OSError:
+        parts.append("no-proc-driver")
+    return "|".join(parts)
+
+
 def snapshot() -> dict[str, Any]:
     replay = os.environ.get("M3D_DOCTOR_NVML_REPLAY")
     if replay:
