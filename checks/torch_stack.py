@@ -169,6 +169,8 @@ class TorchCheck(Check):
 
     def run(self, ctx: Context) -> list[Finding]:
         torch_dist = ctx.target.dists.get("torch")
+        if torch_dist is None and ctx.profile.torch is None and ctx.profile.pin("torch") is None:
+            return [Finding("torch.not-needed", Severity.SKIP, "the profile does not use torch")]
         if torch_dist is None:
             pin = ctx.profile.pin("torch")
             return [Finding("torch.missing", Severity.FAIL, "torch is not installed",
