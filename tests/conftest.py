@@ -83,7 +83,7 @@ def build_venv(name: str, steps: list[list[str]]) -> Path:
             try:
                 _pip(python, *step)
             except subprocess.CalledProcessError as exc:
-                raise RuntimeError(f"building venv {name}: pip install {' '.join(step)} failed:\n{exc.stderr}")
+                raise RuntimeError(f"building venv {name}: pip install {' '.join(step)} failed:\n{exc.stderr}") from exc
         marker.write_text(json.dumps(steps))
     return python
 
