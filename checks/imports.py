@@ -14,6 +14,7 @@ from typing import Any
 
 from m3d_doctor import knowledge
 from m3d_doctor.check import Check
+from m3d_doctor.checks.torch_stack import _torch_pin_of
 from m3d_doctor.context import Context
 from m3d_doctor.findings import Finding, Remedy, Severity
 from m3d_doctor.probe import run_probe
@@ -105,13 +106,12 @@ def _values(ctx: Context, rec: dict[str, Any], groups: dict[str, str]) -> dict[s
         else:
             v["missing_cause"] = f"{module} imports '{missing}', which is not installed"
             v["install_missing"] = install(ctx, [mdist or top])
-    if rec.get("module", "").split(".")[0] in ("torchvision", "torchaudio"):
-        comp = ctx.target.dists.get(rec["module"].split(".")[0])
-        if comp:
-            for r in comp.requires:
-                if r.replace(" ", "").startswith("torch=="):
-                    v["torch_expected"] = r.split("==", 1)[1].split(";")[0]
-        v["align_command"] = install(ctx, ["torch", "torchvision", "torchaudio"])
+    owner = ctx.target.dists.get(dist)
+    torch_req = _torch_pin_of(owner.requires) if owner else None
+    if torch_req is not None:  # a torch extension package: it and the torch family move together
+        v["torch_expected"] = str(torch_req.specifier)
+        family = ["torch", "torchvision", "torchaudio"]
+        v["align_command"] = install(ctx, family if dist in family else [*family, dist])
     return v
 
 
@@ -119,7 +119,7 @@ def classify(ctx: Context, rec: dict[str, Any]) -> Finding:
     texts = {
         "type": rec.get("type", ""),
         "message": rec.get("message", ""),
-        "stderr": rec.get("stderr", ""),
+        "stderr": "\n".join([*rec.get("causes", []), rec.get("stderr", "")]),
     }
     if rec.get("names"):  # the module imported but a name it must provide did not resolve (lazy modules)
         first = rec["names"][0]
@@ -161,7 +161,8 @@ def classify(ctx: Context, rec: dict[str, Any]) -> Finding:
 def _evidence(rec: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
     ev = {"module": rec["module"], "exception": texts["type"], "message": texts["message"][:1000]}
     if texts["stderr"].strip():
-        ev["stderr"] = texts["stderr"].strip()[-800:]
+        err = texts["stderr"].strip()
+        ev["stderr"] = err if len(err) <= 1600 else f"{err[:800]}\n…\n{err[-800:]}"  # banners come first
     if rec.get("trace"):
         ev["traceback_tail"] = rec["trace"].strip().splitlines()[-4:]
     return ev

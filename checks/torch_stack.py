@@ -32,7 +32,9 @@ def _torch_pin_of(requires: tuple[str, ...]) -> Optional[Requirement]:
             req = Requirement(text)
         except Exception:
             continue
-        if canonicalize_name(req.name) == "torch" and req.specifier:
+        if req.marker is not None and "extra" in str(req.marker):
+            continue  # diffusers' `torch>=1.4; extra == "torch"` is an option, not a build pin
+        if canonicalize_name(req.name) == "torch" and any(s.operator in ("==", "===") for s in req.specifier):
             return req
     return None
 

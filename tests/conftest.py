@@ -99,3 +99,22 @@ def tiny_profile(tmp_path) -> Path:
     p = tmp_path / "tiny.toml"
     p.write_text((FIXTURES / "profiles" / "tiny.toml").read_text())
     return p
+
+
+# The reproduced faults (recipes checked by hand: see tests/test_venv_faults.py for what each proves).
+FAULT_RECIPES = {
+    # diffusers <= 0.28.2 imports cached_download, removed from huggingface_hub in 0.26.0 [S16][S17]
+    "cached-download": [["diffusers==0.27.2", "huggingface_hub==0.26.0"]],
+    # NumPy-1-compiled wheels under NumPy 2: Bottleneck (ImportError + banner), cftime (dtype size ValueError)
+    "numpy-abi": [["numpy==2.4.6"], ["--no-deps", "Bottleneck==1.3.7", "cftime==1.6.2"]],
+    # torch extension wheels built for torch 2.2.0 beside torch 2.13.0+cpu, installed with --no-deps
+    "torch-mismatch": [[LOCAL_TORCH, "numpy==2.4.6"],
+                       ["--no-deps", "torchaudio==2.2.0", "torchvision==0.17.0", "torchtext==0.17.0"]],
+}
+
+
+@pytest.fixture(scope="session")
+def fault_venv():
+    def get(name: str) -> Path:
+        return build_venv(name, FAULT_RECIPES[name])
+    return get

@@ -51,6 +51,12 @@ def try_import(module):
         rec["ok"] = False
         rec["type"] = type(exc).__name__
         rec["message"] = str(exc)[:2000]
+        causes, seen, cur = [], set(), exc
+        while (cur.__cause__ or cur.__context__) is not None and id(cur) not in seen and len(causes) < 5:
+            seen.add(id(cur))
+            cur = cur.__cause__ or cur.__context__
+            causes.append("%s: %s" % (type(cur).__name__, str(cur)[:1000]))
+        rec["causes"] = causes  # "undefined symbol" lives only in __cause__ (torch.ops.load_library)
         rec["trace"] = traceback.format_exc()[-3000:]
     finally:
         sys.stderr = old
