@@ -6,6 +6,7 @@ on each device, so the finding reflects the installed build, not a version table
 
 from __future__ import annotations
 
+from m3d_doctor import nvml
 from m3d_doctor.check import Check
 from m3d_doctor.context import Context
 from m3d_doctor.facts import torch_info
@@ -16,6 +17,9 @@ class DeviceCheck(Check):
     name = "device"
     description = "device and dtype a run will use, and that the dtype's ops work there"
     order = 60
+
+    def cache_key(self, ctx: Context) -> str:
+        return f"{ctx.options.device}|{ctx.options.dtype}|{nvml.driver_identity()}"
 
     def run(self, ctx: Context) -> list[Finding]:
         info = torch_info(ctx)

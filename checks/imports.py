@@ -7,7 +7,6 @@ crashed and the probe resumes after it. The root cause comes from the rules in `
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from typing import Any
@@ -16,12 +15,10 @@ from m3d_doctor import knowledge
 from m3d_doctor.check import Check
 from m3d_doctor.checks.torch_stack import _torch_pin_of
 from m3d_doctor.context import Context
+from m3d_doctor.facts import imports_probe
 from m3d_doctor.findings import Finding, Remedy, Severity
-from m3d_doctor.probe import run_probe
 from m3d_doctor.remedies import distribution_for_module, install, pip
 from packaging.version import InvalidVersion, Version
-
-MAX_RESUMES = 5
 
 
 class _Blank(dict):
@@ -31,33 +28,6 @@ class _Blank(dict):
 
 def fmt(template: str, values: dict[str, Any]) -> str:
     return string.Formatter().vformat(template, (), _Blank(values))
-
-
-def run_import_probe(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
-    """All modules in one process; after a hard crash, mark the culprit and go on with the rest."""
-    imports: list[dict[str, Any]] = []
-    attrs: list[dict[str, Any]] = []
-    skip: list[str] = []
-    for _ in range(MAX_RESUMES + 1):
-        req = dict(request, skip=skip)
-        out = run_probe(ctx.target.python, "imports", stdin=json.dumps(req), timeout=ctx.target.probe_timeout)
-        if not out.partial:
-            imports += out.data["imports"]
-            attrs = out.data["attrs"]
-            break
-        done = [p for p in out.data["progress"] if "module" in p]
-        imports += done
-        started = [p["started"] for p in out.data["progress"] if "started" in p]
-        finished = {p["module"] for p in done}
-        culprit = next((m for m in reversed(started) if m not in finished), None)
-        skip += [p["module"] for p in done]
-        if culprit is None:
-            break
-        imports.append({"module": culprit, "ok": False, "type": "Crash",
-                        "message": f"the interpreter died while importing {culprit} (exit {out.returncode})",
-                        "stderr": out.stderr[-3000:], "crashed": True})
-        skip.append(culprit)
-    return {"imports": imports, "attrs": attrs}
 
 
 def _installed(ctx: Context, dist: str | None) -> str:
@@ -180,14 +150,11 @@ class ImportsCheck(Check):
     description = "every module the profile needs really imports; failures classified by root cause"
     order = 40
 
+    def cache_key(self, ctx: Context) -> str:
+        return ""
+
     def run(self, ctx: Context) -> list[Finding]:
-        request = {
-            "modules": [r.module for r in ctx.profile.imports],
-            "names": {r.module: list(r.names) for r in ctx.profile.imports if r.names},
-            "attrs": [a.attr for a in ctx.profile.attrs],
-        }
-        result = ctx.fact("imports_probe", lambda: run_import_probe(ctx, request), persist=True,
-                          salt=ctx.probe_salt("imports", extra=request))
+        result = imports_probe(ctx)
         optional = {r.module for r in ctx.profile.imports if r.optional}
         by_module = {r.module: r for r in ctx.profile.imports}
         findings: list[Finding] = []

@@ -6,9 +6,10 @@ devices torch sees come from the `torch_info` probe in the target interpreter; t
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
-from m3d_doctor import knowledge
+from m3d_doctor import knowledge, nvml
 from m3d_doctor.check import Check
 from m3d_doctor.context import Context
 from m3d_doctor.facts import read_version_py, torch_info
@@ -168,6 +169,9 @@ class TorchCheck(Check):
     name = "torch"
     description = "torch family in step; CUDA build vs driver; arch list vs GPUs"
     order = 30
+
+    def cache_key(self, ctx: Context) -> str:
+        return nvml.driver_identity() + os.environ.get("M3D_DOCTOR_NVML_REPLAY", "")
 
     def run(self, ctx: Context) -> list[Finding]:
         torch_dist = ctx.target.dists.get("torch")

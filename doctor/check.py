@@ -38,6 +38,14 @@ class Check:
     def run(self, ctx: Context) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def cache_key(self, ctx: Context) -> str | None:
+        """What, beside the target's fingerprint and the profile, the findings depend on; None = never cache.
+
+        A check whose findings are a pure function of the installed environment returns "" and is not run
+        again until the fingerprint changes (a pod restart with nothing changed passes in milliseconds).
+        """
+        return None
+
 
 class BrokenPlugin(Check):
     """Stands in for an entry point that fails to load, so the failure is reported, not fatal."""

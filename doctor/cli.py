@@ -71,7 +71,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .document import build_document
     from .engine import run_checks
     from .profile import load_profile
-    from .render import human, json_out
     from .target import Target, load_freeze
 
     available = discover_checks()
@@ -95,13 +94,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         _ = target.interp  # an interpreter that cannot run is a usage error, reported once, up front
     options = Options(offline=args.offline, verbose=args.verbose, strict=args.strict, dtype=args.dtype,
                       device=args.device, use_cache=not args.no_cache)
+    options.extra["imports_selected"] = any(c.name == "imports" for c in checks)
     ctx = Context(target, profile, options, cache)
     report = run_checks(checks, ctx)
     code = report.exit_code(strict=args.strict)
     doc = build_document(report, profile, target, code, sorted(ctx.cache_hits))
     if args.json:
+        from .render import json_out
+
         json_out.render(doc, sys.stdout)
     else:
+        from .render import human  # rich is imported only for people
+
         human.render(doc, sys.stdout, verbose=args.verbose)
     return code
 

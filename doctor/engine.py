@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
 
+from . import __version__
 from .check import Check
 from .context import Context
 from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError, ProbeError
@@ -47,6 +49,17 @@ def _run_one(check: Check, ctx: Context) -> list[Finding]:
     return findings
 
 
+def _result_key(check: Check, ctx: Context) -> str | None:
+    if not ctx.options.use_cache or not ctx.target.live:
+        return None
+    extra = check.cache_key(ctx) if hasattr(check, "cache_key") else None
+    if extra is None:
+        return None
+    blob = "|".join([__version__, check.name, type(check).__module__, ctx.target.fingerprint(),
+                     ctx.profile.digest, extra])
+    return f"result-{check.name}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
 def _error(check: Check, problem: str, title: str, cause: str) -> list[Finding]:
     return [Finding(id=f"{check.name}.{problem}", severity=Severity.ERROR, title=title, cause=cause)]
 
@@ -59,11 +72,20 @@ class _Job(threading.Thread):
         self.check, self.ctx = check, ctx
         self.findings: list[Finding] | None = None
         self.exc: BaseException | None = None
+        self.cached = False
         self.started_at = time.perf_counter()
 
     def run(self) -> None:
         try:
+            key = _result_key(self.check, self.ctx)
+            hit = self.ctx.cache.get(key) if key else None
+            if hit is not None:
+                self.findings = [Finding.from_dict(f) for f in hit]
+                self.cached = True
+                return
             self.findings = _run_one(self.check, self.ctx)
+            if key and not any(f.severity in (Severity.ERROR, Severity.SKIP) for f in self.findings):
+                self.ctx.cache.put(key, [f.to_dict() for f in self.findings])
         except BaseException as exc:
             self.exc = exc
 
@@ -94,5 +116,6 @@ def run_checks(checks: list[Check], ctx: Context) -> Report:
             description=getattr(check, "description", ""),
             findings=findings,
             duration_s=time.perf_counter() - job.started_at,
+            cached=job.cached,
         ))
     return Report(results, ctx.target.fingerprint(), time.perf_counter() - t0)

@@ -60,11 +60,16 @@ def test_second_run_reuses_the_import_probe_until_the_environment_changes(doctor
     cache = tmp_path / "shared-cache"
     first = doctor("--python", str(tiny_venv), "--profile", str(tiny_profile), "--json", cache_dir=cache)
     second = doctor("--python", str(tiny_venv), "--profile", str(tiny_profile), "--json", cache_dir=cache)
-    assert "imports_probe" not in first.doc["summary"]["cached_facts"]
-    assert "imports_probe" in second.doc["summary"]["cached_facts"]
+    cached = {c["name"]: c["cached"] for c in second.doc["checks"]}
+    assert not any(c["cached"] for c in first.doc["checks"])
+    assert cached["imports"] and cached["packages"] and cached["python"]  # nothing re-probed
+    assert not cached["env"]  # environment variables are read every time
+    assert first.doc["checks"] == [dict(c, cached=False, duration_s=c0["duration_s"])
+                                   for c, c0 in zip(second.doc["checks"], first.doc["checks"])]
     assert first.doc["target"]["fingerprint"] == second.doc["target"]["fingerprint"]
     # A different profile asks different imports: never reuse an answer to another question.
     other = tmp_path / "other.toml"
     other.write_text(tiny_profile.read_text() + '\n[[imports]]\nmodule = "json"\n')
     third = doctor("--python", str(tiny_venv), "--profile", str(other), "--json", cache_dir=cache)
+    assert not any(c["cached"] for c in third.doc["checks"] if c["name"] == "imports")
     assert "imports_probe" not in third.doc["summary"]["cached_facts"]

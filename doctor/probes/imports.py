@@ -89,4 +89,12 @@ attrs = []
 for a in req.get("attrs", []):
     if a.split(".")[0] not in skip:
         attrs.append(resolve_attr(a))
-sys.stdout.write(MARKER + json.dumps({"imports": results, "attrs": attrs}) + "\n")
+answer = {"imports": results, "attrs": attrs}
+if req.get("torch_info_source") and "torch" in sys.modules:
+    ns = {"__name__": "m3d_torch_info"}
+    try:
+        exec(compile(req["torch_info_source"], "torch_info", "exec"), ns)
+        answer["torch_info"] = ns["collect"]()
+    except BaseException as exc:
+        answer["torch_info"] = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
+sys.stdout.write(MARKER + json.dumps(answer) + "\n")
