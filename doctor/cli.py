@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import traceback
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
@@ -31,19 +31,35 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="run checks (the default command)")
     c.add_argument("names", nargs="*", metavar="NAME", help="checks to run (default: all)")
     c.add_argument("--list-checks", action="store_true", help="list the available checks and exit")
-    c.add_argument("--python", default=None, help="target interpreter (default: this one)")
-    c.add_argument("--profile", default=None, help="profile TOML file or embedded profile name")
+    _target_options(c)
     c.add_argument("--freeze", default=None, metavar="FILE", help="judge a pip freeze file instead of an interpreter")
-    c.add_argument("--offline", action="store_true", help="skip every check that needs the network")
     c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    c.add_argument("-v", "--verbose", action="store_true", help="show every finding with its evidence")
     c.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
+    c.add_argument("--checkpoint", action="append", default=[], metavar="REPO=PATH",
+                   help="where a model lives locally (repeatable; also M3D_CHECKPOINTS='REPO=PATH;...')")
     c.add_argument("--device", choices=["cuda", "cpu"], default=None, help="device a run will use")
     c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="dtype a run will ask for")
-    c.add_argument("--no-cache", action="store_true", help="ignore and do not write the probe cache")
-    c.add_argument("--timeout", type=float, default=60.0, help="seconds each probe may take (default 60)")
+    f = sub.add_parser("fix", help="plan and apply fixes (plan -> confirm -> apply -> verify)")
+    f.add_argument("ids", nargs="*", metavar="ID", help="fix ids or finding ids (default: every failing finding)")
+    _target_options(f)
+    f.add_argument("--yes", "-y", action="store_true", help="apply without asking (required for destructive steps)")
+    f.add_argument("--dry-run", action="store_true", help="show the plan, never apply")
+    f.add_argument("--json", action="store_true", help="print the plan (and outcome) as JSON")
+    f.add_argument("--list-fixes", action="store_true", help="list the available fixes and exit")
+    f.add_argument("--volume", default=None, help="persistent volume to move caches onto (disk.move-hf-cache)")
+    f.add_argument("--checkpoint", action="append", default=[], metavar="REPO=PATH",
+                   help="where a model lives locally (repeatable)")
     return p
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--python", default=None, help="target interpreter (default: this one)")
+    p.add_argument("--profile", default=None, help="profile TOML file or embedded profile name")
+    p.add_argument("--offline", action="store_true", help="skip every check that needs the network")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the probe cache")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds each probe may take (default 60)")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail")
 
 
 def _normalise(argv: list[str]) -> list[str]:
@@ -64,14 +80,55 @@ def resolve_python(spec: Optional[str]) -> str:
     return found
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def build_context(args: argparse.Namespace, checks: list) -> Any:
+    """Target, profile, options and cache from the shared flags; bad input raises UsageError/ProfileError."""
     from .cache import Cache
-    from .check import discover_checks, select_checks
     from .context import Context, Options
-    from .document import build_document
-    from .engine import run_checks
     from .profile import load_profile
     from .target import Target, load_freeze
+
+    profile = load_profile(args.profile)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    cache = Cache(enabled=not args.no_cache)
+    if getattr(args, "freeze", None):
+        if args.python:
+            raise UsageError("--freeze and --python are exclusive")
+        target = load_freeze(args.freeze)
+    else:
+        target = Target(python=resolve_python(args.python), cache=cache, probe_timeout=args.timeout)
+        _ = target.interp  # an interpreter that cannot run is reported once, up front
+    options = Options(offline=args.offline, verbose=args.verbose, strict=getattr(args, "strict", False),
+                      dtype=getattr(args, "dtype", None), device=getattr(args, "device", None),
+                      use_cache=not args.no_cache)
+    options.extra["imports_selected"] = any(c.name == "imports" for c in checks)
+    options.extra["checkpoints"] = parse_checkpoint_args(getattr(args, "checkpoint", []) or [])
+    options.extra["volume"] = getattr(args, "volume", None)
+    return Context(target, profile, options, cache)
+
+
+def parse_checkpoint_args(values: list[str]) -> dict[str, str]:
+    """`--checkpoint REPO=PATH` (repeatable) over `M3D_CHECKPOINTS="REPO=PATH;REPO=PATH"`."""
+    out: dict[str, str] = {}
+    env = [v for v in os.environ.get("M3D_CHECKPOINTS", "").split(";") if v.strip()]
+    for value in [*env, *values]:
+        repo, sep, path = value.partition("=")
+        if not sep or not repo.strip() or not path.strip() or "/" not in repo:
+            raise UsageError(f"--checkpoint {value!r}: expected REPO=PATH (e.g. black-forest-labs/FLUX.1-dev=/data/flux)")
+        out[repo.strip()] = os.path.expanduser(path.strip())
+    return out
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    from .fixflow import run_fix
+
+    return run_fix(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import discover_checks, select_checks
+    from .document import build_document
+    from .engine import run_checks
 
     available = discover_checks()
     if args.list_checks:
@@ -80,25 +137,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{name:12} {getattr(check, 'description', '')}{flags}")
         return 0
     checks = select_checks(available, args.names)
-    profile = load_profile(args.profile)
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    cache = Cache(enabled=not args.no_cache)
-    if args.freeze:
-        if args.python:
-            raise UsageError("--freeze and --python are exclusive")
-        target = load_freeze(args.freeze)
-    else:
-        python = resolve_python(args.python)
-        target = Target(python=python, cache=cache, probe_timeout=args.timeout)
-        _ = target.interp  # an interpreter that cannot run is a usage error, reported once, up front
-    options = Options(offline=args.offline, verbose=args.verbose, strict=args.strict, dtype=args.dtype,
-                      device=args.device, use_cache=not args.no_cache)
-    options.extra["imports_selected"] = any(c.name == "imports" for c in checks)
-    ctx = Context(target, profile, options, cache)
+    ctx = build_context(args, checks)
     report = run_checks(checks, ctx)
     code = report.exit_code(strict=args.strict)
-    doc = build_document(report, profile, target, code, sorted(ctx.cache_hits))
+    doc = build_document(report, ctx.profile, ctx.target, code, sorted(ctx.cache_hits))
     if args.json:
         from .render import json_out
 
@@ -110,7 +152,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"check": cmd_check}
+COMMANDS = {"check": cmd_check, "fix": cmd_fix}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
