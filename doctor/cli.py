@@ -60,6 +60,8 @@ def _target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the probe cache")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds each probe may take (default 60)")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    p.add_argument("--matrix3d-root", default=None,
+                   help="the Matrix-3D checkout (default: the profile's, or M3D_MATRIX3D_ROOT)")
 
 
 def _normalise(argv: list[str]) -> list[str]:
@@ -104,6 +106,7 @@ def build_context(args: argparse.Namespace, checks: list) -> Any:
     options.extra["imports_selected"] = any(c.name == "imports" for c in checks)
     options.extra["checkpoints"] = parse_checkpoint_args(getattr(args, "checkpoint", []) or [])
     options.extra["volume"] = getattr(args, "volume", None)
+    options.extra["matrix3d_root"] = getattr(args, "matrix3d_root", None)
     return Context(target, profile, options, cache)
 
 
@@ -114,7 +117,7 @@ def parse_checkpoint_args(values: list[str]) -> dict[str, str]:
     for value in [*env, *values]:
         repo, sep, path = value.partition("=")
         if not sep or not repo.strip() or not path.strip() or "/" not in repo:
-            raise UsageError(f"--checkpoint {value!r}: expected REPO=PATH (e.g. black-forest-labs/FLUX.1-dev=/data/flux)")
+            raise UsageError(f"--checkpoint {value!r}: expected REPO=PATH (e.g. org/model=/data/model)")
         out[repo.strip()] = os.path.expanduser(path.strip())
     return out
 

@@ -73,8 +73,10 @@ class ImportRequirement:
 
 @dataclass(frozen=True)
 class ModelFile:
-    path: str
-    size: Optional[int] = None
+    path: str  # path inside the repo
+    size: Optional[int] = None  # bytes; approximate unless `exact` (used to plan downloads and disk)
+    exact: bool = False  # the size is the Hub's byte count: a different size on disk means a bad file
+    loaded_from: Optional[str] = None  # where the upstream code reads it, relative to the Matrix-3D root
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,9 @@ class Model:
     files: tuple[ModelFile, ...]
     layout: str = "diffusers"  # diffusers | single-file | lora | files
     why: str = ""
-    local_path: Optional[str] = None
-    loaded_from: Optional[str] = None  # where the upstream code reads it
+    local_path: Optional[str] = None  # operator's override: a local folder holding the repo's files
+    local_dir: Optional[str] = None  # where upstream's downloader puts the files, relative to the root
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,11 @@ def parse_profile(text: str, source: str) -> Profile:
                 f = {"path": f}
             if not isinstance(f, dict):
                 raise r.fail("files", "each file must be a path or a table")
-            files.append(ModelFile(path=r.get(f, "path", str, f"{path}.files[{j}].path"),
-                                   size=r.get(f, "size", int, f"{path}.files[{j}].size", None)))
+            fp = f"{path}.files[{j}]"
+            files.append(ModelFile(path=r.get(f, "path", str, fp + ".path"),
+                                   size=r.get(f, "size", int, fp + ".size", None),
+                                   exact=r.get(f, "exact", bool, fp + ".exact", False),
+                                   loaded_from=r.get(f, "loaded_from", str, fp + ".loaded_from", None)))
         layout = r.get(entry, "layout", str, path + ".layout", "diffusers")
         if layout not in ("diffusers", "single-file", "lora", "files"):
             raise r.fail("layout", f"unknown layout {layout!r}")
@@ -251,7 +257,8 @@ def parse_profile(text: str, source: str) -> Profile:
             layout=layout,
             why=r.get(entry, "why", str, path + ".why", ""),
             local_path=r.get(entry, "local_path", str, path + ".local_path", None),
-            loaded_from=r.get(entry, "loaded_from", str, path + ".loaded_from", None),
+            local_dir=r.get(entry, "local_dir", str, path + ".local_dir", None),
+            required=r.get(entry, "required", bool, path + ".required", True),
         ))
 
     env = {}
