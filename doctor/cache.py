@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from .secrets import redact
+
 
 def default_cache_dir() -> Path:
     if os.environ.get("M3D_DOCTOR_CACHE_DIR"):
@@ -41,7 +43,7 @@ class Cache:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(value, fh)
+                fh.write(redact(json.dumps(value)))
             os.replace(tmp, self._path(key))
         except OSError:
             return

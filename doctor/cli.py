@@ -159,7 +159,18 @@ COMMANDS = {"check": cmd_check, "fix": cmd_fix}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .secrets import RedactingStream
+
     argv = _normalise(list(sys.argv[1:] if argv is None else argv))
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -22,7 +22,7 @@ class Report:
 
     def exit_code(self, strict: bool = False) -> int:
         """0 healthy (warnings allowed unless strict), 1 failure found, 3 a check could not run."""
-        sev = [r.severity for r in self.results]
+        sev = [f.severity for r in self.results for f in r.findings]
         if Severity.FAIL in sev:
             return EXIT_FAIL
         if Severity.ERROR in sev:

@@ -37,7 +37,8 @@ def run_import_probe(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     for _ in range(MAX_RESUMES + 1):
         req = dict(request, skip=skip)
-        out = run_probe(ctx.target.python, "imports", stdin=json.dumps(req), timeout=ctx.target.probe_timeout)
+        out = run_probe(ctx.target.python, "imports", stdin=json.dumps(req), timeout=ctx.target.probe_timeout,
+                        allow_partial=True)
         if not out.partial:
             imports += out.data["imports"]
             attrs = out.data["attrs"]

@@ -40,6 +40,7 @@ def run_probe(
     timeout: float = DEFAULT_TIMEOUT_S,
     env: Optional[dict[str, str]] = None,
     stdin: Optional[str] = None,
+    allow_partial: bool = False,
 ) -> ProbeOutput:
     """Run probe `name` under `python`; return its JSON answer.
 
@@ -82,6 +83,9 @@ def run_probe(
                 progress.append(json.loads(line))
             except ValueError:
                 continue
-    if progress or proc.returncode != 0:
+    if allow_partial and (progress or proc.returncode != 0):
         return ProbeOutput({"progress": progress}, proc.stderr, proc.returncode, partial=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or [""]
+        raise ProbeError(f"probe '{name}' failed (exit {proc.returncode}) under {python}: {tail[0][:300]}")
     raise ProbeError(f"probe '{name}' printed no answer (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
