@@ -41,6 +41,7 @@ def run_probe(
     env: Optional[dict[str, str]] = None,
     stdin: Optional[str] = None,
     allow_partial: bool = False,
+    stream_stderr: bool = False,
 ) -> ProbeOutput:
     """Run probe `name` under `python`; return its JSON answer.
 
@@ -57,7 +58,8 @@ def run_probe(
             proc = subprocess.run(
                 [python, "-c", source, *args],
                 input=stdin,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=None if stream_stderr else subprocess.PIPE,  # progress bars reach the user
                 text=True,
                 timeout=timeout,
                 cwd=cwd,
@@ -69,6 +71,7 @@ def run_probe(
         except OSError as exc:
             raise ProbeError(f"cannot run the target interpreter {python}: {exc.strerror or exc}") from exc
     out = proc.stdout
+    proc.stderr = proc.stderr or ""
     if MARKER in out:
         payload = out.rsplit(MARKER, 1)[1].strip()
         try:
