@@ -53,6 +53,32 @@ class CachedRepo:
         """Revisions no ref points to: left behind by an update, safe to delete."""
         return [r for r in self.revisions if not r.refs]
 
+    def blobs_of(self, rev: CachedRevision) -> set[Path]:
+        """The blobs a revision's snapshot links to, resolved; only those inside this repo's `blobs/`."""
+        blobs = os.path.realpath(self.path / "blobs")
+        out = set()
+        for entry in rev.files.values():
+            if entry.is_symlink():
+                target = os.path.realpath(entry)
+                if os.path.dirname(target) == blobs:
+                    out.add(Path(target))
+        return out
+
+    def detached_blobs(self) -> dict[str, set[Path]]:
+        """Per detached revision, the blobs no kept revision uses (each blob under its first detached
+        revision): what deleting those revisions frees, never a blob a kept revision still needs."""
+        kept: set[Path] = set()
+        for rev in self.revisions:
+            if rev.refs:
+                kept |= self.blobs_of(rev)
+        out: dict[str, set[Path]] = {}
+        taken: set[Path] = set()
+        for rev in self.detached:
+            mine = self.blobs_of(rev) - kept - taken
+            taken |= mine
+            out[rev.commit] = mine
+        return out
+
 
 def _blob_size(entry: Path) -> int:
     try:
