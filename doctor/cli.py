@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--volume", default=None, help="persistent volume to move caches onto (disk.move-hf-cache)")
     f.add_argument("--checkpoint", action="append", default=[], metavar="REPO=PATH",
                    help="where a model lives locally (repeatable)")
+    f.add_argument("--pin", action="append", default=[], metavar="SPEC",
+                   help="add or override a profile pin for this run (repeatable), e.g. 'diffusers==0.34.0'")
+    f.add_argument("--installer", choices=["uv", "pip"], default=None,
+                   help="resolver for package fixes (default: uv when available, else the target's pip)")
     return p
 
 
@@ -107,6 +111,8 @@ def build_context(args: argparse.Namespace, checks: list) -> Any:
     options.extra["checkpoints"] = parse_checkpoint_args(getattr(args, "checkpoint", []) or [])
     options.extra["volume"] = getattr(args, "volume", None)
     options.extra["matrix3d_root"] = getattr(args, "matrix3d_root", None)
+    options.extra["pins"] = getattr(args, "pin", []) or []
+    options.extra["installer"] = getattr(args, "installer", None)
     return Context(target, profile, options, cache)
 
 
