@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Optional, Sequence
 
-from . import __version__
+from . import __version__, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
 
 SUBCOMMANDS = ("check",)
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add or override a profile pin for this run (repeatable), e.g. 'diffusers==0.34.0'")
     f.add_argument("--installer", choices=["uv", "pip"], default=None,
                    help="resolver for package fixes (default: uv when available, else the target's pip)")
+    shims_cli.add_parsers(sub, _target_options)  # `shims`, and `fix --undo shims`
     return p
 
 
@@ -131,6 +132,8 @@ def parse_checkpoint_args(values: list[str]) -> dict[str, str]:
 def cmd_fix(args: argparse.Namespace) -> int:
     from .fixflow import run_fix
 
+    if getattr(args, "undo", None):
+        return shims_cli.cmd_undo(args)
     return run_fix(args)
 
 
@@ -161,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"check": cmd_check, "fix": cmd_fix}
+COMMANDS = {"check": cmd_check, "fix": cmd_fix, "shims": shims_cli.cmd_shims}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
