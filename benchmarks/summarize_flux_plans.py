@@ -14,8 +14,8 @@ def main(paths: list[str]) -> int:
             rows.append(json.load(fh))
     base = {(r["height"], r["width"]): r for r in rows
             if r["plan"] == "resident" and not r["cap_gib"] and r.get("ok")}
-    print("| plan | cap GiB | resolution | step s | × resident | peak alloc GiB | peak reserved GiB | predicted peak GiB"
-          " | decode peak GiB | streamed GiB | same output |")
+    print("| plan | cap GiB | resolution | step s | × resident | peak alloc GiB | peak reserved GiB "
+          "| predicted peak GiB | decode peak GiB | streamed GiB | same output |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b = base.get((r["height"], r["width"]))

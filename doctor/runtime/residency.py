@@ -2,9 +2,9 @@
 from pinned host memory on a side CUDA stream, ahead of use, so the transfer hides behind compute.
 
 Each streamed block's weights live in one flat pinned buffer; on the GPU, streamed blocks share `slots`
-staging buffers (block k uses slot k % slots). Copy k waits for the compute of the block that last used its
-slot (k - slots); compute of block k waits for copy k. The copy of the next step's first streamed blocks is
-issued as soon as this step's last users of their slots finish, so transfers also overlap across steps.
+staging buffers (block k uses slot k % slots). When a block finishes, the next block *of the same slot* (in
+cyclic order, so the next step's first users are loaded as soon as this step's last users finish) is copied
+in on a side stream after an event on that compute; a block's compute waits for its own copy's event.
 Which blocks stream is the planner's choice (doctor.planner.choose_streamed): the smallest size class first,
 spread evenly so each copy has compute to hide behind.
 """
@@ -27,6 +27,7 @@ class _Streamed:
     copy_done: Any = None
     compute_done: Any = None
     compute_recorded: bool = False
+    next_in_slot: int = 0  # the streamed block loaded into this slot after this one
 
 
 @dataclass
@@ -41,6 +42,7 @@ class PartialResidency:
     _slots: list[torch.Tensor] = field(default_factory=list, init=False)
     _handles: list[Any] = field(default_factory=list, init=False)
     _copy_stream: Optional[torch.cuda.Stream] = field(default=None, init=False)
+    _shared: set[int] = field(default_factory=set, init=False)
 
     @property
     def streamed_bytes(self) -> int:
@@ -80,6 +82,13 @@ class PartialResidency:
                 parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
                 parent._buffers[name.rsplit(".", 1)[-1]] = buf.to(self.device)
             self._items.append(_Streamed(block, host, numel, k % nslots))
+        users: dict[int, list[int]] = {}
+        for k, it in enumerate(self._items):
+            users.setdefault(it.slot, []).append(k)
+        for members in users.values():
+            for pos, k in enumerate(members):
+                self._items[k].next_in_slot = members[(pos + 1) % len(members)]
+        self._shared = {k for members in users.values() if len(members) > 1 for k in members}
         if cuda:
             self._copy_stream = torch.cuda.Stream(device=self.device)
             for it in self._items:
@@ -88,21 +97,20 @@ class PartialResidency:
         for k, it in enumerate(self._items):
             self._handles.append(it.block.register_forward_pre_hook(self._pre_hook(k)))
             self._handles.append(it.block.register_forward_hook(self._post_hook(k)))
-        for k in range(nslots):
-            self._issue_copy(k)
+        for members in users.values():
+            self._issue_copy(members[0], after=None)
         return self
 
-    def _issue_copy(self, k: int) -> None:
+    def _issue_copy(self, k: int, after: Optional[int]) -> None:
+        """Load block k into its slot once block `after` (the slot's previous user) has computed."""
         it = self._items[k]
-        nslots = len(self._slots)
         dst = self._slots[it.slot][: it.numel]
         if self._copy_stream is None:  # CPU or no streams: synchronous, still correct
             dst.copy_(it.host)
             return
-        prev = self._items[(k - nslots) % len(self._items)]
         with torch.cuda.stream(self._copy_stream):
-            if prev.compute_recorded:
-                self._copy_stream.wait_event(prev.compute_done)
+            if after is not None and self._items[after].compute_recorded:
+                self._copy_stream.wait_event(self._items[after].compute_done)
             dst.copy_(it.host, non_blocking=True)
             it.copy_done.record(self._copy_stream)
 
@@ -111,8 +119,8 @@ class PartialResidency:
             it = self._items[k]
             if self._copy_stream is not None:
                 torch.cuda.current_stream(self.device).wait_event(it.copy_done)
-            elif len(self._items) > len(self._slots):
-                self._issue_copy(k)  # synchronous path: load right before use
+            elif k in self._shared:
+                self._issue_copy(k, after=None)  # synchronous path: load right before use
         return hook
 
     def _post_hook(self, k: int):
@@ -121,9 +129,8 @@ class PartialResidency:
             if self._copy_stream is not None:
                 it.compute_done.record(torch.cuda.current_stream(self.device))
                 it.compute_recorded = True
-                nxt = (k + len(self._slots)) % len(self._items)
-                if len(self._items) > len(self._slots) or nxt != k:
-                    self._issue_copy(nxt)
+                if it.next_in_slot != k:  # a slot with one user keeps its block: nothing to reload
+                    self._issue_copy(it.next_in_slot, after=k)
         return hook
 
     def remove(self) -> None:
