@@ -39,7 +39,8 @@ class DiskCheck(Check):
     def run(self, ctx: Context) -> list[Finding]:
         cfg = ctx.profile.raw.get("pod", {})
         pod = caches.pod_layout(cfg, ctx.options.extra.get("volume"))
-        meter = du.Meter(du.Deadline(float(cfg.get("du_budget_s", 20))))
+        quick = bool(ctx.options.extra.get("quick"))  # gate: free space and downloads, no deep measuring
+        meter = du.Meter(du.Deadline(0.2 if quick else float(cfg.get("du_budget_s", 20))))
         hub = hfcache.hub_cache_dir()
         rec = reclaim.scan(meter)
         findings: list[Finding] = []
@@ -58,7 +59,8 @@ class DiskCheck(Check):
                 remedy=Remedy(CLEAN, "disk.clean-caches"),
             ))
         findings.append(self._free_space(ctx, pod, hub))
-        findings.append(self._top_consumers(ctx, cfg, hub, meter))
+        if not quick:
+            findings.append(self._top_consumers(ctx, cfg, hub, meter))
         return findings
 
     # -- room for downloads -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 from . import __version__, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
+from .units import parse_size
 
 SUBCOMMANDS = ("check",)
 
@@ -65,6 +66,9 @@ def _target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the probe cache")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds each probe may take (default 60)")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    p.add_argument("--stage", default=None, help="stages to plan for, comma-separated (pano,video)")
+    p.add_argument("--resolution", default=None, help="stage resolution: 512x1024 (pano), 480 or 720 (video)")
+    p.add_argument("--budget", default=None, help="plan for a GPU memory budget instead of the free memory, e.g. 24GiB")
     p.add_argument("--matrix3d-root", default=None,
                    help="the Matrix-3D checkout (default: the profile's, or M3D_MATRIX3D_ROOT)")
 
@@ -112,6 +116,9 @@ def build_context(args: argparse.Namespace, checks: list) -> Any:
     options.extra["checkpoints"] = parse_checkpoint_args(getattr(args, "checkpoint", []) or [])
     options.extra["volume"] = getattr(args, "volume", None)
     options.extra["matrix3d_root"] = getattr(args, "matrix3d_root", None)
+    options.extra["stages"] = [x.strip() for x in (args.stage or "").split(",") if x.strip()] or None
+    options.extra["resolution"] = args.resolution
+    options.extra["budget"] = parse_size(args.budget, "--budget") if args.budget else None
     options.extra["pins"] = getattr(args, "pin", []) or []
     options.extra["installer"] = getattr(args, "installer", None)
     return Context(target, profile, options, cache)

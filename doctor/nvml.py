@@ -60,6 +60,11 @@ def snapshot() -> dict[str, Any]:
                 "memory_used": int(mem.used),
                 "memory_free": int(mem.free),
             }
+            try:  # idle links downclock: the maximum generation is what a transfer gets
+                gpu["pcie_gen"] = int(pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h))
+                gpu["pcie_width"] = int(pynvml.nvmlDeviceGetMaxPcieLinkWidth(h))
+            except Exception:
+                gpu["pcie_gen"] = None
             try:
                 current, _pending = pynvml.nvmlDeviceGetMigMode(h)
                 gpu["mig"] = bool(current)

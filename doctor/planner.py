@@ -34,7 +34,10 @@ class StageModel:
     vae_bytes: int
     act_base: int  # transformer activation bytes independent of tokens
     act_per_token: float  # transformer activation bytes per token (img + txt)
+    act_per_token2: float = 0.0  # bytes per token² (attention-like growth; video stages)
     text_tokens: int = 512
+    frames: int = 0  # video: frames generated (0 = image)
+    temporal_stride: int = 4  # video VAE: frames per latent frame after the first
     patch: int = 16  # pixels per token side (VAE 8x, 2x2 patchify)
     encode_act: int = int(0.5 * GiB)  # text-encoder activations (512 tokens)
     vae_act_per_pixel: float = 2.4 * GiB / (1024 * 1024)  # decode transient per output pixel of a tile
@@ -46,10 +49,13 @@ class StageModel:
         return sum(self.block_bytes) + self.other_transformer_bytes
 
     def tokens(self, height: int, width: int) -> int:
-        return (height // self.patch) * (width // self.patch) + self.text_tokens
+        per_frame = (height // self.patch) * (width // self.patch)
+        latent_frames = 1 + (self.frames - 1) // self.temporal_stride if self.frames else 1
+        return per_frame * latent_frames + self.text_tokens
 
     def activations(self, height: int, width: int) -> int:
-        return int(self.act_base + self.act_per_token * self.tokens(height, width))
+        n = self.tokens(height, width)
+        return int(self.act_base + self.act_per_token * n + self.act_per_token2 * n * n)
 
     def step_flops(self, height: int, width: int) -> float:
         n = self.tokens(height, width)
