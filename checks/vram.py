@@ -160,7 +160,8 @@ class VramCheck(Check):
                 slow = f", ~{plan.predicted_slowdown:.2f}x resident" if known else ""
                 out.append(Finding(
                     "vram.stage-needs-plan", Severity.INFO,
-                    f"{label}: fits with plan '{plan.mode}' ({plan.streamed_blocks} blocks streamed, peak {peak}{slow})",
+                    f"{label}: fits with plan '{plan.mode}' "
+                    f"({plan.streamed_blocks} blocks streamed, peak {peak}{slow})",
                     cause="not everything fits resident in the budget; m3d-doctor run places it this way "
                           "(never the upstream whole-pipeline .to(device))", evidence=ev))
             else:
