@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Optional, Sequence
 
-from . import __version__, gate, shims_cli
+from . import __version__, gate, report, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
 from .units import parse_size
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--installer", choices=["uv", "pip"], default=None,
                    help="resolver for package fixes (default: uv when available, else the target's pip)")
     shims_cli.add_parsers(sub, _target_options)
-    gate.add_parsers(sub, _target_options)  # `shims`, and `fix --undo shims`
+    gate.add_parsers(sub, _target_options)
+    report.add_parsers(sub, _target_options)  # `shims`, and `fix --undo shims`
     return p
 
 
@@ -172,7 +173,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"check": cmd_check, "fix": cmd_fix, "gate": gate.cmd_gate, "shims": shims_cli.cmd_shims}
+COMMANDS = {"check": cmd_check, "fix": cmd_fix, "gate": gate.cmd_gate, "report": report.cmd_report,
+            "shims": shims_cli.cmd_shims}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,112 @@
+"""The planner on known component sizes, and its predictions against peaks measured on a GPU.
+
+The measured runs are benchmarks/results/run3-partial (NVIDIA H200, torch 2.11.0+cu130, diffusers 0.42.1,
+2026-11-26, FLUX.1-dev-sized random weights, allocator capped with set_per_process_memory_fraction).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from m3d_doctor.planner import Device, GiB, choose_streamed, plan_stage, spread_indices
+from m3d_doctor.profile import load_profile
+from m3d_doctor.stages import device_for, resolution, stage_model
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "run3-partial"
+PROFILE = load_profile()
+PANO, _ = stage_model("pano", PROFILE.stages["pano"])
+VIDEO, _ = stage_model("video", PROFILE.stages["video"])
+
+
+def h100(budget_gib: float) -> Device:
+    return Device("H100", int(budget_gib * GiB), 50e9, 420)
+
+
+def test_flux_sizes_match_the_real_model():
+    assert len(PANO.block_bytes) == 57
+    assert PANO.transformer_bytes == 23802816640 + 400000000  # + the LoRA estimate
+    assert sum(PANO.block_bytes) == 19 * 679662592 + 38 * 283183616
+    assert PANO.tokens(512, 1024) == 2560 and PANO.tokens(1024, 2048) == 8704
+    assert VIDEO.tokens(480, 832) == 21 * 30 * 52
+
+
+def test_a_large_card_runs_everything_resident():
+    plan = plan_stage(PANO, h100(139), 1024, 2048)
+    assert plan.mode == "resident" and plan.fits and plan.streamed_blocks == 0
+
+
+@pytest.mark.parametrize("hw", [(512, 1024), (1024, 2048)])
+def test_a_24_gib_card_gets_partial_residency_under_22_gib(hw):
+    plan = plan_stage(PANO, h100(24), *hw)
+    assert plan.mode == "partial" and plan.fits
+    assert plan.predicted_peak <= 22 * GiB
+    assert 0 < plan.streamed_blocks < 12  # a few blocks, not everything
+    assert plan.predicted_slowdown <= 1.1
+
+
+def test_streamed_blocks_come_from_the_smallest_class_spread_out():
+    blocks = list(PANO.block_bytes)
+    idx = choose_streamed(blocks, 6)
+    assert all(i >= 19 for i in idx)  # single blocks (smaller) first
+    gaps = [b - a for a, b in zip(idx, idx[1:])]
+    assert max(gaps) - min(gaps) <= 1
+    assert spread_indices(10, 0) == [] and spread_indices(3, 5) == [0, 1, 2]
+
+
+def test_never_the_upstream_whole_pipeline_on_the_gpu():
+    """Upstream's .to(device) puts ~31.4 GiB on the card; no plan ever holds text encoders with the DiT."""
+    for budget in (12, 24, 32, 48):
+        plan = plan_stage(PANO, h100(budget), 512, 1024)
+        assert plan.phase_peaks["encode"] < PANO.text_encoder_bytes + 1 * GiB
+        assert plan.predicted_peak <= (budget - 2) * GiB
+
+
+def test_video_720_does_not_fit_24_gib_and_480_does_with_streaming():
+    assert plan_stage(VIDEO, h100(24), 720, 1280).mode == "does-not-fit"
+    p480 = plan_stage(VIDEO, h100(24), 480, 832)
+    assert p480.mode == "partial" and p480.fits
+
+
+def measured_runs():
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("r*.json"))]
+    return [r for r in runs if r.get("ok") and r["plan"] == "partial"]
+
+
+@pytest.mark.parametrize("run", measured_runs(), ids=lambda r: f"{r['cap_gib']}GiB-{r['height']}x{r['width']}")
+def test_predicted_peak_is_within_target_of_the_measured_one(run):
+    """Target: within ±5 % (or ±0.5 GiB) of the measured peak, never under by more than 0.3 GiB."""
+    device = Device("H200", int(run["cap_gib"] * GiB), run["h2d_gb_s"] * 1e9, 420)
+    bare, _ = stage_model("pano", {**PROFILE.stages["pano"], "lora_bytes": 0})  # the benchmark loads no LoRA
+    plan = plan_stage(bare, device, run["height"], run["width"])
+    measured = run["peak_alloc_gib"] * GiB
+    predicted = plan.phase_peaks["denoise"]
+    assert abs(predicted - measured) <= max(0.05 * measured, 0.5 * GiB)
+    assert predicted >= measured - 0.3 * GiB
+    assert plan.streamed_blocks == len(run["planner"]["streamed_indices"])
+
+
+def test_measured_partial_runs_meet_the_speed_and_peak_targets():
+    base = {(r["height"], r["width"]): r["step_s_median"]
+            for p in sorted(RESULTS.parent.glob("run*/r*.json"))
+            for r in [json.loads(p.read_text())] if r.get("ok") and r["plan"] == "resident" and not r["cap_gib"]}
+    runs = {(r["cap_gib"], r["height"]): r for r in measured_runs()}
+    fast_base_512 = min(v for (h, w), v in base.items() if h == 512)
+    assert runs[(24.0, 512)]["step_s_median"] / fast_base_512 <= 1.25
+    assert runs[(24.0, 1024)]["step_s_median"] / base[(1024, 2048)] <= 1.10
+    assert runs[(12.0, 1024)]["step_s_median"] / base[(1024, 2048)] <= 1.6
+    assert runs[(24.0, 512)]["peak_alloc_gib"] <= 22 and runs[(24.0, 1024)]["peak_alloc_gib"] <= 22
+
+
+def test_resolution_parsing():
+    assert resolution(PROFILE.stages["video"], "720") == (720, 1280)
+    assert resolution(PROFILE.stages["pano"], "1024x2048") == (1024, 2048)
+    from m3d_doctor.errors import UsageError
+    with pytest.raises(UsageError):
+        resolution(PROFILE.stages["pano"], "big")
+
+
+def test_device_speed_comes_from_the_knowledge_table():
+    d = device_for({"name": "NVIDIA GeForce RTX 4090", "pcie_gen": 4}, 24 * GiB)
+    assert d.tflops == 70 and d.h2d_bytes_per_s == 25e9
