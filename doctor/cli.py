@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Optional, Sequence
 
-from . import __version__, gate, report, shims_cli
+from . import __version__, gate, report, run_cli, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
 from .units import parse_size
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--installer", choices=["uv", "pip"], default=None,
                    help="resolver for package fixes (default: uv when available, else the target's pip)")
     shims_cli.add_parsers(sub, _target_options)
+    run_cli.add_parsers(sub, _target_options)  # `run`, `selftest`
     gate.add_parsers(sub, _target_options)
     report.add_parsers(sub, _target_options)  # `shims`, and `fix --undo shims`
     return p
@@ -174,7 +175,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": cmd_check, "fix": cmd_fix, "gate": gate.cmd_gate, "report": report.cmd_report,
-            "shims": shims_cli.cmd_shims}
+            "shims": shims_cli.cmd_shims, "run": run_cli.cmd_run, "selftest": run_cli.cmd_selftest}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
