@@ -40,7 +40,10 @@ class DiskCheck(Check):
         cfg = ctx.profile.raw.get("pod", {})
         pod = caches.pod_layout(cfg, ctx.options.extra.get("volume"))
         quick = bool(ctx.options.extra.get("quick"))  # gate: free space and downloads, no deep measuring
-        meter = du.Meter(du.Deadline(0.2 if quick else float(cfg.get("du_budget_s", 20))))
+        ttl = float(cfg.get("du_ttl_s", 300))  # sizes measured less than 5 minutes ago are reused
+        memo_key = "du-memo"
+        meter = du.Meter(du.Deadline(0.2 if quick else float(cfg.get("du_budget_s", 20))),
+                         remembered=ctx.cache.get(memo_key) if ctx.options.use_cache else None, ttl=ttl)
         hub = hfcache.hub_cache_dir()
         rec = reclaim.scan(meter)
         findings: list[Finding] = []
@@ -61,6 +64,8 @@ class DiskCheck(Check):
         findings.append(self._free_space(ctx, pod, hub))
         if not quick:
             findings.append(self._top_consumers(ctx, cfg, hub, meter))
+            if ctx.options.use_cache:
+                ctx.cache.put(memo_key, meter.export())
         return findings
 
     # -- room for downloads -------------------------------------------------------------------------------

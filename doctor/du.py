@@ -132,11 +132,33 @@ def total_usage(paths: Iterable[str | os.PathLike[str]], deadline: Optional[Dead
 
 
 class Meter:
-    """Usage per path for one run, each tree walked once however many findings ask about it."""
+    """Usage per path for one run, each tree walked once however many findings ask about it.
 
-    def __init__(self, deadline: Optional[Deadline] = None):
+    `remembered` (from `export()` of an earlier run) lets a repeated `check` reuse sizes measured less than
+    `ttl` seconds ago: cache sizes drift slowly, and walking 300k files each time would make every warm run
+    cost seconds. Free space is never remembered (it comes from statvfs, live).
+    """
+
+    def __init__(self, deadline: Optional[Deadline] = None, remembered: Optional[dict[str, list]] = None,
+                 ttl: float = 0.0):
         self.deadline = deadline or Deadline(None)
         self._memo: dict[str, Usage] = {}
+        self._measured: dict[str, float] = {}
+        now = time.time()
+        for key, row in (remembered or {}).items():
+            if ttl > 0 and now - row[-1] < ttl:
+                self._memo[key] = Usage(*row[:-1])
+                self._measured[key] = row[-1]
+
+    def export(self) -> dict[str, list]:
+        """Complete measurements with their time, for the next run."""
+        now = time.time()
+        return {k: [u.bytes, u.apparent, u.freeable, u.files, u.partial, u.errors, self._measured.get(k, now)]
+                for k, u in self._memo.items() if not u.partial}
+
+    @property
+    def oldest(self) -> Optional[float]:
+        return min(self._measured.values(), default=None)
 
     def usage(self, path: str | os.PathLike[str]) -> Usage:
         key = os.path.abspath(path)
