@@ -74,7 +74,8 @@ class CleanCaches(Fix):
                     continue
                 _remove(path)
             progress(f"removed {action.description} ({du.human(-(action.bytes or 0))})")
-        ctx.cache.put("du-memo", {})  # sizes remembered by the disk check are stale now
+        if ctx is not None:
+            ctx.cache.put("du-memo", {})  # sizes remembered by the disk check are stale now
 
     def verify(self, ctx: Context, plan: Plan) -> list[Finding]:
         still = []

@@ -246,7 +246,8 @@ class MoveHfCache(Fix):
         return None
 
     def apply(self, ctx: Context, plan: Plan, progress: Progress) -> None:
-        ctx.cache.put("du-memo", {})  # what lives where changes: forget remembered sizes
+        if ctx is not None:
+            ctx.cache.put("du-memo", {})  # what lives where changes: forget remembered sizes
         data = plan.actions[0].data
         profile = Path(data["profile_file"])
         if "src" not in data:  # already on the volume: only the export
