@@ -166,8 +166,9 @@ class ImportsCheck(Check):
             f = classify(ctx, rec)
             req = by_module.get(rec["module"])
             if req is not None and req.remedy and f.id == "imports.module-missing":
+                named = req.remedy.split()[2] if req.remedy.startswith("m3d-doctor fix ") else None
                 f = Finding(f.id, f.severity, f.title, f"{f.cause}. {req.why}".strip(". ") + ".", f.evidence,
-                            Remedy(req.remedy, f.remedy.fix_id if f.remedy else None, note=req.why))
+                            Remedy(req.remedy, named or (f.remedy.fix_id if f.remedy else None), note=req.why))
             if rec["module"] in optional:
                 f = Finding(f.id, Severity.WARN, f.title + " (optional)", f.cause, f.evidence, f.remedy)
             findings.append(f)
