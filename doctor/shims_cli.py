@@ -159,12 +159,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def _finish(args: argparse.Namespace, doc: dict[str, Any], code: int, message: str) -> int:
-    doc["exit_code"], doc["message"] = code, message
-    if args.json:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        from .render import plan as plan_out
+    from .fixflow import _finish as finish  # one way to end a fix document
 
-        plan_out.message(message, sys.stdout)
-    return code
+    return finish(args, doc, code, message)
 
