@@ -19,6 +19,7 @@ from .check import discover_checks, discover_fixes
 from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, EXIT_ROLLED_BACK, DoctorError, UsageError
 from .findings import Severity
 from .fix import Fix, Plan, Risk
+from .txn import recover_unfinished  # a transaction a killed fix left half-done is restored first
 
 EXIT_LOCKED = EXIT_COULD_NOT_RUN
 
@@ -89,6 +90,7 @@ def run_fix(args: argparse.Namespace) -> int:
             print(f"{fid:24} {getattr(fix, 'description', '')}")
         return EXIT_OK
     ctx = build_context(args, [])
+    recover_unfinished(ctx, args, lambda m: plan_out.message(m, sys.stderr if args.json else sys.stdout))
     selection = _select(args, ctx, fixes)
     plans: list[Plan] = []
     for fid, finding_ids in selection.items():
