@@ -106,6 +106,7 @@ class Profile:
     models: tuple[Model, ...]
     env: dict[str, dict[str, str]]
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lock: dict[str, str] = field(default_factory=dict)  # optional [lock]: file (next to the profile), python, platform
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def pin(self, name: str) -> Optional[PackagePin]:
@@ -267,6 +268,9 @@ def parse_profile(text: str, source: str) -> Profile:
             raise r.fail(f"env.{key}", "expected a table")
         env[key] = {k: str(v) for k, v in entry.items()}
 
+    lock_table = r.get(data, "lock", dict, "lock", {})
+    if lock_table and "file" not in lock_table:
+        raise r.fail("lock.file", "missing required key")
     return Profile(
         name=name,
         description=r.get(data, "description", str, "description", ""),
@@ -280,6 +284,7 @@ def parse_profile(text: str, source: str) -> Profile:
         models=tuple(models),
         env=env,
         stages=r.get(data, "stages", dict, "stages", {}),
+        lock={k: r.get(lock_table, k, str, f"lock.{k}") for k in lock_table},
         raw=data,
     )
 
