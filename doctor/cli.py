@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Optional, Sequence
 
-from . import __version__, gate, report, run_cli, shims_cli
+from . import __version__, gate, lock, report, run_cli, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
 from .units import parse_size
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target_options(f)
     f.add_argument("--yes", "-y", action="store_true", help="apply without asking (required for destructive steps)")
     f.add_argument("--dry-run", action="store_true", help="show the plan, never apply")
+    f.add_argument("--safe-only", action="store_true", help="apply only plans whose every step is safe (unattended)")
     f.add_argument("--json", action="store_true", help="print the plan (and outcome) as JSON")
     f.add_argument("--list-fixes", action="store_true", help="list the available fixes and exit")
     f.add_argument("--volume", default=None, help="persistent volume to move caches onto (disk.move-hf-cache)")
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cli.add_parsers(sub, _target_options)  # `run`, `selftest`
     gate.add_parsers(sub, _target_options)
     report.add_parsers(sub, _target_options)  # `shims`, and `fix --undo shims`
+    lock.add_parsers(sub, _target_options)
     return p
 
 
@@ -175,7 +177,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": cmd_check, "fix": cmd_fix, "gate": gate.cmd_gate, "report": report.cmd_report,
-            "shims": shims_cli.cmd_shims, "run": run_cli.cmd_run, "selftest": run_cli.cmd_selftest}
+            "shims": shims_cli.cmd_shims, "run": run_cli.cmd_run, "selftest": run_cli.cmd_selftest,
+            "lock": lock.cmd_lock}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
