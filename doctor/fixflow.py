@@ -102,6 +102,8 @@ def run_fix(args: argparse.Namespace) -> int:
     if not args.json:
         plan_out.render(doc["plans"], out)
     runnable = [p for p in plans if p.actions and not p.blocked]
+    if getattr(args, "safe_only", False):  # unattended (the image entrypoint): never a risky or destructive step
+        runnable = [p for p in runnable if p.risk is Risk.SAFE]
     if not runnable:
         return _finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) or not plans else EXIT_OK,
                        "nothing to apply")
