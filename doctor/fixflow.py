@@ -104,6 +104,13 @@ def run_fix(args: argparse.Namespace) -> int:
     runnable = [p for p in plans if p.actions and not p.blocked]
     if getattr(args, "safe_only", False):  # unattended (the image entrypoint): never a risky or destructive step
         runnable = [p for p in runnable if p.risk is Risk.SAFE]
+    if not args.ids:  # a bare `fix --yes` never deletes: destructive fixes run only when named
+        held = [p.fix_id for p in runnable if p.risk is Risk.DESTRUCTIVE]
+        runnable = [p for p in runnable if p.risk is not Risk.DESTRUCTIVE]
+        if held:
+            doc["held_back"] = held
+            plan_out.message(f"held back (destructive, run only when named): {', '.join(held)} — "
+                             f"m3d-doctor fix {' '.join(held)} --yes", out)
     if not runnable:
         return _finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) or not plans else EXIT_OK,
                        "nothing to apply")

@@ -51,18 +51,28 @@ def load_pipeline(source: PanoSource, dtype: torch.dtype):
     return FluxPipeline.from_pretrained(source.base, torch_dtype=dtype)
 
 
-def place(pipe, plan: dict[str, Any], device: torch.device) -> Any:
-    """Components to their devices per plan.mode; returns the PartialResidency (partial) or None."""
-    mode = plan.get("mode", "resident")
-    if mode == "sequential":
+def place(pipe, plan: dict[str, Any], device: torch.device) -> None:
+    """The VAE (tiled per plan) now; the transformer once the prompt is encoded (`place_transformer`), so the
+    text encoders and the resident blocks are never on the GPU together — the planner's phases."""
+    pipe._m3d_plan, pipe._m3d_device, pipe._m3d_residency = plan, device, None
+    if plan.get("mode", "resident") == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-        return None
+        pipe._m3d_placed = True
+        return
+    pipe._m3d_placed = False
     pipe.vae.to(device)
     tile = plan.get("vae_tile")
     if tile:
         pipe.vae.enable_tiling()
         pipe.vae.tile_sample_min_size = tile
         pipe.vae.tile_latent_min_size = tile // 8
+
+
+def place_transformer(pipe) -> Any:
+    """The transformer per plan.mode; returns the PartialResidency (partial) or None."""
+    plan, device = pipe._m3d_plan, pipe._m3d_device
+    mode = plan.get("mode", "resident")
+    pipe._m3d_placed = True
     tr = pipe.transformer
     if mode == "resident":
         tr.to(device)
@@ -79,7 +89,8 @@ def place(pipe, plan: dict[str, Any], device: torch.device) -> Any:
     for name, buf in tr.named_buffers(recurse=False):
         tr._buffers[name] = buf.to(device)
     blocks = [b for name in BLOCK_LISTS for b in getattr(tr, name)]
-    return PartialResidency(blocks, list(plan.get("streamed_indices", [])), device).apply()
+    pipe._m3d_residency = PartialResidency(blocks, list(plan.get("streamed_indices", [])), device).apply()
+    return pipe._m3d_residency
 
 
 def encode(pipe, prompt: str, device: torch.device, max_seq: int, plan: dict[str, Any]):
@@ -137,6 +148,8 @@ def generate(pipe, prompt: str, device: torch.device, plan: dict[str, Any], *, h
              band: int = 4, on_step: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """The stage's whole computation on already-placed components: encode, denoise (wrapping), decode."""
     embeds, pooled = encode(pipe, prompt, device, max_seq, plan)
+    if not getattr(pipe, "_m3d_placed", True):
+        place_transformer(pipe)
     if pipe._execution_device.type != device.type:
         raise RuntimeError(f"pipeline would execute on {pipe._execution_device}, not {device}: placement bug")
 
