@@ -124,7 +124,7 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
         encode_peak = 0
 
     def finish(plan: Plan, resident_weights: int, extra: int) -> Plan:
-        denoise = resident_weights + extra + act
+        denoise = resident_weights + extra + act + model.vae_bytes  # the VAE waits on the GPU for the decode
         decode, tile = _vae_phase(model, height, width, resident_weights + extra, budget)
         plan.vae_tile = tile
         plan.phase_peaks = {"encode": encode_peak, "denoise": denoise, "decode": decode}
