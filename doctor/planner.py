@@ -179,6 +179,15 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
     return p
 
 
+def denoise_peak(model: StageModel, streamed: list[int], height: int, width: int, vae_resident: bool = True) -> int:
+    """Predicted allocator peak while denoising with these blocks streamed (two staging slots)."""
+    blocks = model.block_bytes
+    slot = max((blocks[i] for i in streamed), default=0)
+    resident = model.transformer_bytes - sum(blocks[i] for i in streamed)
+    return (resident + (SLOTS * slot if streamed else 0) + model.activations(height, width)
+            + (model.vae_bytes if vae_resident else 0))
+
+
 def spread_indices(n_total: int, n_streamed: int) -> list[int]:
     """`n_streamed` positions evenly spaced over `n_total` (never position 0: the first prefetch gets a head
     start while the first blocks compute)."""
