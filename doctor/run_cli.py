@@ -30,7 +30,7 @@ def add_parsers(sub: Any, target_options: Callable[[argparse.ArgumentParser], No
     r = sub.add_parser("run", help="run Matrix-3D: panorama -> video -> 3D scene, resumable")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="text -> panorama (native stage)")
-    src.add_argument("--image", default=None, help="image -> panorama (delegated to upstream; not yet wired)")
+    src.add_argument("--image", default=None, help="image -> panorama (delegated to upstream's i2p mode)")
     r.add_argument("--out", required=True, metavar="DIR", help="case folder (upstream's --inout_dir)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--stages", default="pano,video,scene", help="comma list of pano,video,scene")
@@ -122,10 +122,17 @@ def build_specs(args: argparse.Namespace, ctx: Any, stages: list[str]) -> list[S
     python = ctx.target.python
     root = matrix3d_root(ctx).resolve()
     specs = []
-    if "pano" in stages:
+    if "pano" in stages and args.image:
+        image = Path(args.image).expanduser().resolve()
+        if not image.is_file():
+            raise UsageError(f"--image {args.image}: no such file")
+        cmd = upstream.i2p_command(root, python, image, stage_dir, args.seed, args.prompt,
+                                   "cpu" if args.device == "cpu" else "cuda:0")
+        specs.append(StageSpec("pano", cmd, root, runflow.OUTPUTS["pano"],
+                               plan={"mode": "upstream-i2p", "script": upstream.PANO_SCRIPT}))
+    elif "pano" in stages:
         if not args.prompt:
-            raise UsageError("the pano stage needs --prompt (image -> panorama: run upstream's i2p, then "
-                             "--stages video,scene)")
+            raise UsageError("the pano stage needs --prompt, or --image for upstream's image -> panorama mode")
         source = resolve_source((ctx.options.extra.get("checkpoints") or {}).get(FLUX_REPO), args.pano_base)
         lora = _lora(ctx)
         plan = _pano_plan(args, lora)
@@ -168,8 +175,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stages = _stages(args.stages)
     args.resolution = _resolution(args.resolution)
-    if args.image and "pano" in stages:
-        raise UsageError("--image: image -> panorama is upstream's i2p mode; run it, then --stages video,scene")
     for flag in ("steps", "height", "width"):
         if getattr(args, flag) <= 0 or (flag != "steps" and getattr(args, flag) % 16):
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be positive" +

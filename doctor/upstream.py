@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from .errors import EXIT_FAIL, DoctorError
 
+PANO_SCRIPT = "code/panoramic_image_generation.py"
 VIDEO_SCRIPT = "code/panoramic_image_to_video.py"
 SCENE_SCRIPT = "code/panoramic_video_to_3DScene.py"
 SCENE_LRM_SCRIPT = "code/panoramic_video_480p_to_3DScene_lrm.py"
@@ -100,6 +101,15 @@ def build_args(cli: ScriptCLI, values: dict[str, Any]) -> list[str]:
         cli.require(flag, value)
         out.append(f"{flag}={value}")
     return out
+
+
+def i2p_command(root: Path, python: str, image: Path, out_dir: Path, seed: Optional[int],
+                prompt: Optional[str], device: Optional[str]) -> list[str]:
+    """Image -> panorama is upstream's own i2p mode (FLUX.1-Fill-dev, VideoLLaMA3, MoGe): delegated as is."""
+    cli = read_cli(root / PANO_SCRIPT)
+    args = build_args(cli, {"--mode": "i2p", "--input_image_path": str(image), "--output_path": str(out_dir),
+                            "--seed": seed, "--prompt": prompt, "--device": device})
+    return [python, PANO_SCRIPT, *args]
 
 
 def video_command(root: Path, inout_dir: Path, resolution: int, seed: Optional[int], nproc: int) -> list[str]:

@@ -208,3 +208,39 @@ def test_pano_stage_runs_saved_tiny_flux(doctor, runner_venv, tiny_flux, tmp_pat
     rec = json.loads((out / "run.json").read_text())["stages"]["pano"]
     assert rec["status"] == "done" and rec["result"]["finite"] and rec["peak_bytes"] > 0
     assert ("from_single_file" in rec["plan"]["source"]) == (layout == "single-file")
+
+
+PANO_I2P = '''import argparse, os
+parser = argparse.ArgumentParser()
+parser.add_argument("--mode", type=str, default="t2p", choices=["i2p", "t2p"])
+parser.add_argument("--prompt", type=str, default=None)
+parser.add_argument("--input_image_path", type=str, default="data/x.jpg")
+parser.add_argument("--device", type=str, default="cuda:0")
+parser.add_argument("--seed", type=int, default=380)
+parser.add_argument("--fov", type=float, default=None)
+parser.add_argument("--output_path", type=str, default="")
+a = parser.parse_args()
+assert a.mode == "i2p" and os.path.exists(a.input_image_path)
+os.makedirs(a.output_path, exist_ok=True)
+open(os.path.join(a.output_path, "pano_img.jpg"), "wb").write(open(a.input_image_path, "rb").read())
+open(os.path.join(a.output_path, "prompt.txt"), "w").write("generated prompt")
+'''
+
+
+def test_image_input_is_delegated_to_upstream_i2p(doctor, fake_root, runner_venv, tmp_path):
+    (fake_root / upstream.PANO_SCRIPT).write_text(PANO_I2P)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"jpeg bytes")
+    out = tmp_path / "i2p"
+    args = ["run", "--image", str(image), "--stages", "pano", "--out", str(out), "--matrix3d-root",
+            str(fake_root), "--python", str(runner_venv), "--force", "--device", "cpu", "--seed", "7"]
+    dry = doctor(*args, "--dry-run", "--json")
+    (stage,) = json.loads(dry.stdout)["stages"]
+    assert stage["plan"]["mode"] == "upstream-i2p" and "--mode=i2p" in stage["command"]
+    assert "--seed=7" in stage["command"] and f"--input_image_path={image.resolve()}" in stage["command"]
+    r = doctor(*args)
+    assert r.rc == 0, r.stderr
+    assert (out / "pano_img.jpg").read_bytes() == b"jpeg bytes" and (out / "prompt.txt").exists()
+    (fake_root / upstream.PANO_SCRIPT).write_text(PANO_I2P.replace('"--input_image_path"', '"--image"'))
+    drift = doctor(*args[:6], str(tmp_path / "i2p-2"), *args[7:])
+    assert drift.rc == 1 and "no longer accepts --input_image_path" in drift.stderr
