@@ -8,7 +8,9 @@ crashed and the probe resumes after it. The root cause comes from the rules in `
 from __future__ import annotations
 
 import re
+import shlex
 import string
+from pathlib import Path
 from typing import Any
 
 from m3d_doctor import knowledge
@@ -138,6 +140,37 @@ def _evidence(rec: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
     return ev
 
 
+STUB_FILES = ("sitecustomize.py", "usercustomize.py")
+
+
+def stub_findings(ctx: Context) -> list[Finding]:
+    """sitecustomize stubs (the field report's `torch.xpu`, `cached_download`, …) make imports pass while the
+    features behind them are missing: read the files on the target's path (never import them) and name them."""
+    out = []
+    patterns = knowledge.facts().get("stub_patterns", [])
+    for directory in ctx.target.site_paths():
+        for name in STUB_FILES:
+            path = Path(directory, name)
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            hits = [p for p in patterns if re.search(p["regex"], text)]
+            if not hits:
+                continue
+            out.append(Finding(
+                "imports.sitecustomize-stubs", Severity.WARN,
+                f"{path} stubs {', '.join(p['name'] for p in hits)}",
+                cause="stubs loaded at every interpreter start make imports succeed while the features behind them "
+                      "are missing (the field report's pods); this check cannot tell a stub from the real thing "
+                      "once they are loaded. Instead: " + "; ".join(p["instead"] for p in hits),
+                evidence={"file": str(path), "stubs": [p["name"] for p in hits]},
+                remedy=Remedy(f"mv {shlex.quote(str(path))} {shlex.quote(str(path))}.disabled && m3d-doctor check",
+                              note="then let `m3d-doctor fix` align versions or install faithful shims"),
+            ))
+    return out
+
+
 def _torch_attr_since(attr: str) -> str | None:
     for entry in knowledge.facts().get("torch_attrs", []):
         if entry["attr"] == attr:
@@ -190,6 +223,7 @@ class ImportsCheck(Check):
                 remedy=Remedy(req.remedy or install(ctx, ["torch", "torchvision", "torchaudio"]) if req
                               else install(ctx, ["torch", "torchvision", "torchaudio"]), "packages.align"),
             ))
+        findings += stub_findings(ctx)
         if not findings:
             findings.append(Finding("imports.ok", Severity.OK, f"{len(ok_modules)} modules import",
                                     evidence={"modules": ok_modules}))

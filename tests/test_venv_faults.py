@@ -7,6 +7,7 @@ interpreter and probing the broken one in subprocesses.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
@@ -111,3 +112,27 @@ def test_a_pip_install_invalidates_the_cached_probe(doctor, tmp_path, fault_venv
     assert not any(c["cached"] for c in second.doc["checks"])
     assert second.finding_ids() == {"imports.ok"}
     json.dumps(second.doc)
+
+
+def test_sitecustomize_stubs_are_named_not_trusted(doctor, tmp_path, tiny_profile):
+    """The field report's sitecustomize.py, reproduced in a real venv: imports pass, the stubs are flagged."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "stubbed"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "sitecustomize.py").write_text(
+        "import types, sys\n"
+        "try:\n    import huggingface_hub\n    huggingface_hub.cached_download = lambda *a, **k: None\n"
+        "except ImportError:\n    pass\n"
+        "def matrix_to_quaternion(m):\n    return None\n"
+        "sys.modules['pytorch3d.transforms'] = types.SimpleNamespace(matrix_to_quaternion=matrix_to_quaternion)\n")
+    run = doctor("check", "imports", "--python", str(py), "--profile", str(tiny_profile), "--json")
+    (f,) = run.findings("imports.sitecustomize-stubs")
+    assert f["severity"] == "warn"
+    assert set(f["evidence"]["stubs"]) == {"huggingface_hub.cached_download",
+                                           "pytorch3d.transforms.matrix_to_quaternion"}
+    assert "shims.pytorch3d-transforms" in f["cause"] and f["remedy"]["command"].startswith("mv ")
