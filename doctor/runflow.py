@@ -25,7 +25,6 @@ from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError
 from .findings import Finding, Severity
 
 STAGES = ("pano", "video", "scene")
-PREFLIGHT_CHECKS = ("python", "packages", "torch", "imports", "checkpoints", "disk", "device")
 OUTPUTS = {"pano": ("pano_img.jpg", "prompt.txt"), "video": ("pano_video.mp4", "pano_video_cam.json"),
            "scene": ("generated_3dgs_opt.ply",), "scene-lrm": ("lrm",)}
 
@@ -35,14 +34,17 @@ class StageFailed(DoctorError):
 
 
 def preflight(ctx: Any, stages: list[str]) -> list[Finding]:
-    """The failing findings of the checks that matter for a run (network checks skipped). One place, so it can
-    become a call to `gate` when that command exists."""
+    """The gate for the requested stages: the gate's checks (network ones skipped), quick disk measuring, and
+    the vram check planning exactly these stages; the failing findings that concern them."""
     from .check import discover_checks
     from .engine import run_checks
+    from .gate import GATE_CHECKS
 
     available = discover_checks()
-    checks = [available[n] for n in PREFLIGHT_CHECKS if n in available
+    checks = [available[n] for n in GATE_CHECKS if n in available
               and not getattr(available[n], "needs_network", False)]
+    ctx.options.extra["quick"] = True
+    ctx.options.extra["stages"] = [s for s in stages if s in ctx.profile.stages] or None
     report = run_checks(checks, ctx)
     bad = (Severity.FAIL, Severity.ERROR)
     return [f for r in report.results for f in r.findings if f.severity in bad and _concerns(f, stages)]
