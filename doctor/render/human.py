@@ -8,6 +8,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.markup import escape
 
+MAX_SHOWN = 6  # per check without -v: the rest is one line away
+
 _MARK = {"ok": ("✓", "green"), "info": ("•", "cyan"), "skip": ("-", "dim"), "warn": ("!", "yellow"),
          "fail": ("✗", "red"), "error": ("☠", "magenta")}
 
@@ -19,9 +21,9 @@ def render(doc: dict[str, Any], stream: TextIO, verbose: bool = False) -> None:
         mark, colour = _MARK[check["status"]]
         head = _headline(check)
         console.print(f"[{colour}]{mark}[/] [bold]{escape(check['name']).ljust(width)}[/]  {escape(head)}")
-        for f in check["findings"]:
-            if not verbose and f["severity"] not in ("warn", "fail", "error"):
-                continue
+        shown = [f for f in check["findings"] if verbose or f["severity"] in ("warn", "fail", "error")]
+        hidden = len(shown) - MAX_SHOWN if not verbose and len(shown) > MAX_SHOWN else 0
+        for f in shown[: len(shown) - hidden]:
             fm, fc = _MARK[f["severity"]]
             console.print(f"    [{fc}]{fm}[/] {escape(f['title'])}  [dim]({escape(f['id'])})[/]")
             if f["cause"]:
@@ -31,14 +33,18 @@ def render(doc: dict[str, Any], stream: TextIO, verbose: bool = False) -> None:
             remedy = f.get("remedy") or {}
             if remedy.get("command"):
                 console.print(f"      fix: [bold]{escape(remedy['command'])}[/]")
-            if remedy.get("fix_id"):
+            if remedy.get("fix_id") and not (remedy.get("command") or "").startswith("m3d-doctor fix "):
                 console.print(f"      or:  m3d-doctor fix {escape(remedy['fix_id'])}", style="dim")
+        if hidden:
+            console.print(f"    … {hidden} more (m3d-doctor check {escape(check['name'])} -v)", style="dim")
     s = doc["summary"]
     bad = s["checks"]["fail"] + s["checks"]["error"]
     line = (f"{bad} check(s) found problems" if bad else
             f"no failures ({s['checks']['warn']} with warnings)" if s["checks"]["warn"] else "no issues found")
     console.print(f"\n{escape(line)} · profile {escape(doc['profile']['name'])} · "
                   f"{s['duration_s']:.2f}s · exit {s['exit_code']}")
+    if bad:
+        console.print("the fixes as one plan: m3d-doctor fix --dry-run", style="dim")
 
 
 def _headline(check: dict[str, Any]) -> str:
