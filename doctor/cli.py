@@ -7,6 +7,7 @@ itself exits 70 (its traceback only with M3D_DOCTOR_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -89,7 +90,7 @@ def resolve_python(spec: Optional[str]) -> str:
     if not spec:
         return sys.executable
     if os.sep in spec:
-        return spec
+        return os.path.abspath(spec)  # probes run from an empty directory
     found = shutil.which(spec)
     if not found:
         raise UsageError(f"--python {spec}: not found on PATH")
@@ -104,7 +105,7 @@ def build_context(args: argparse.Namespace, checks: list) -> Any:
     from .target import Target, load_freeze
 
     profile = load_profile(args.profile)
-    if args.timeout <= 0:
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     cache = Cache(enabled=not args.no_cache)
     if getattr(args, "freeze", None):
@@ -122,8 +123,13 @@ def build_context(args: argparse.Namespace, checks: list) -> Any:
     options.extra["volume"] = getattr(args, "volume", None)
     options.extra["matrix3d_root"] = getattr(args, "matrix3d_root", None)
     options.extra["stages"] = [x.strip() for x in (args.stage or "").split(",") if x.strip()] or None
+    unknown = [x for x in options.extra["stages"] or [] if x not in profile.stages]
+    if unknown:
+        raise UsageError(f"--stage {','.join(unknown)}: the profile has stages {', '.join(profile.stages) or 'none'}")
     options.extra["resolution"] = args.resolution
     options.extra["budget"] = parse_size(args.budget, "--budget") if args.budget else None
+    if options.extra["budget"] is not None and options.extra["budget"] <= 0:
+        raise UsageError(f"--budget {args.budget}: must be more than zero")
     options.extra["pins"] = getattr(args, "pin", []) or []
     options.extra["installer"] = getattr(args, "installer", None)
     return Context(target, profile, options, cache)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from . import __version__
 from .check import Check
 from .context import Context
-from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError, ProbeError
+from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError, ProbeError, UsageError
 from .findings import CheckResult, Finding, Severity
 
 
@@ -105,6 +105,8 @@ def run_checks(checks: list[Check], ctx: Context) -> Report:
                               "the check was abandoned; the others still ran")
         elif job.exc is not None:
             exc = job.exc
+            if isinstance(exc, UsageError):
+                raise exc  # bad input reaches the user as one line and exit 2, whichever check met it
             if isinstance(exc, (ProbeError, DoctorError)):
                 findings = _error(check, "could-not-run", "could not run", str(exc))
             else:  # a check's own bug: report it, keep the others

@@ -31,7 +31,8 @@ class FixLocked(DoctorError):
 @contextlib.contextmanager
 def fix_lock(ctx: Any) -> Iterator[None]:
     """One fix at a time per target: a second `fix` is refused, not queued."""
-    key = hashlib.sha256(str(getattr(ctx.target, "python", "freeze")).encode()).hexdigest()[:16]
+    ident = os.path.realpath(ctx.target.interp["prefix"]) if ctx.target.live else "freeze"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]  # one lock per environment, however --python is spelled
     ctx.cache.directory.mkdir(parents=True, exist_ok=True)
     path = ctx.cache.directory / f"fix-{key}.lock"
     fh = open(path, "w")  # noqa: SIM115 - held for the lock's lifetime
@@ -90,8 +91,9 @@ def run_fix(args: argparse.Namespace) -> int:
             print(f"{fid:24} {getattr(fix, 'description', '')}")
         return EXIT_OK
     ctx = build_context(args, [])
-    recover_unfinished(ctx, args, lambda m: plan_out.message(m, sys.stderr if args.json else sys.stdout))
-    selection = _select(args, ctx, fixes)
+    selection = _select(args, ctx, fixes)  # bad ids fail before anything changes
+    if not getattr(args, "safe_only", False):  # unattended runs never restore: a person decides that
+        recover_unfinished(ctx, args, lambda m: plan_out.message(m, sys.stderr if args.json else sys.stdout))
     plans: list[Plan] = []
     for fid, finding_ids in selection.items():
         plan = fixes[fid].plan(ctx)
@@ -112,8 +114,8 @@ def run_fix(args: argparse.Namespace) -> int:
             plan_out.message(f"held back (destructive, run only when named): {', '.join(held)} — "
                              f"m3d-doctor fix {' '.join(held)} --yes", out)
     if not runnable:
-        return _finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) or not plans else EXIT_OK,
-                       "nothing to apply")
+        return _finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) else EXIT_OK,
+                       "nothing to apply" if plans else "nothing to fix")
     if args.dry_run:
         return _finish(args, doc, EXIT_OK, "dry run: nothing applied")
     destructive = any(p.risk is Risk.DESTRUCTIVE for p in runnable)
@@ -139,7 +141,7 @@ def run_fix(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 fix.rollback(ctx, plan, progress)
                 raise
-            except DoctorError as exc:
+            except (DoctorError, OSError) as exc:  # disk full, permissions: roll back, never a traceback
                 still, entry["error"] = [], str(exc)
                 entry["status"] = "failed"
             if still or entry["status"] == "failed":

@@ -29,6 +29,57 @@ class ProbeOutput:
     partial: bool = False  # the process died before printing its final document
 
 
+def _run_streaming(cmd: list[str], stdin: Optional[str], timeout: float, cwd: str,
+                   env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Like subprocess.run, but the child's stderr (progress bars) reaches the user as it comes — through
+    redaction, split on line and carriage-return boundaries so a token is never cut in two."""
+    import sys
+    import threading
+
+    from .secrets import redact
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                            env=env)
+
+    def relay() -> None:
+        assert proc.stderr is not None
+        pending = b""
+        while True:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            pending += chunk
+            cut = max(pending.rfind(b"\n"), pending.rfind(b"\r"))
+            if cut >= 0 or len(pending) > 65536:
+                cut = cut if cut >= 0 else len(pending) - 1
+                sys.stderr.write(redact(pending[: cut + 1].decode("utf-8", "replace")))
+                sys.stderr.flush()
+                pending = pending[cut + 1:]
+        if pending:
+            sys.stderr.write(redact(pending.decode("utf-8", "replace")))
+
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        if stdin:
+            proc.stdin.write(stdin.encode())
+        proc.stdin.close()
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            data = proc.stdout.read()
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    t.join(timeout=5)
+    return subprocess.CompletedProcess(cmd, rc, data.decode("utf-8", "replace"), "")
+
+
 def probe_source(name: str) -> str:
     return resources.files("m3d_doctor.probes").joinpath(f"{name}.py").read_text(encoding="utf-8")
 
@@ -55,23 +106,24 @@ def run_probe(
     run_env["PYTHONDONTWRITEBYTECODE"] = "1"
     with tempfile.TemporaryDirectory(prefix="m3d-probe-") as cwd:
         try:
-            proc = subprocess.run(
-                [python, "-c", source, *args],
-                input=stdin,
-                stdout=subprocess.PIPE,
-                stderr=None if stream_stderr else subprocess.PIPE,  # progress bars reach the user
-                text=True,
-                timeout=timeout,
-                cwd=cwd,
-                env=run_env,
-                errors="replace",
-            )
+            if stream_stderr:
+                proc = _run_streaming([python, "-c", source, *args], stdin, timeout, cwd, run_env)
+            else:
+                proc = subprocess.run(
+                    [python, "-c", source, *args],
+                    input=stdin,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    cwd=cwd,
+                    env=run_env,
+                    errors="replace",
+                )
         except subprocess.TimeoutExpired as exc:
             raise ProbeError(f"probe '{name}' timed out after {timeout:.0f}s under {python}") from exc
         except OSError as exc:
             raise ProbeError(f"cannot run the target interpreter {python}: {exc.strerror or exc}") from exc
     out = proc.stdout
-    proc.stderr = proc.stderr or ""
     if MARKER in out:
         payload = out.rsplit(MARKER, 1)[1].strip()
         try:

@@ -113,6 +113,12 @@ class Profile:
         return self.packages.get(canonicalize_name(name))
 
 
+_POD_KEYS: dict[str, type] = {
+    "volumes": list, "outputs": list, "volume": str, "container_disk": str, "matrix3d_root": str,
+    "min_free_container_gib": float, "reclaim_warn_gib": float, "du_budget_s": float, "du_ttl_s": float,
+}
+
+
 def _line_of(text: str, needle: str) -> int:
     """Best-effort line number of a key in the TOML text (1-based; 0 if not found)."""
     pat = re.compile(rf"(^|[\s.\[\"']){re.escape(needle)}([\s.\]\"'=]|$)")
@@ -261,6 +267,17 @@ def parse_profile(text: str, source: str) -> Profile:
             local_dir=r.get(entry, "local_dir", str, path + ".local_dir", None),
             required=r.get(entry, "required", bool, path + ".required", True),
         ))
+
+    pod = r.get(data, "pod", dict, "pod", {})
+    for key, kind in _POD_KEYS.items():
+        if key in pod:
+            value = pod[key]
+            ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)) if kind is list else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0) if kind is float else (
+                isinstance(value, kind))
+            if not ok:
+                want = {list: "a list of paths", float: "a non-negative number", str: "a path"}[kind]
+                raise r.fail(f"pod.{key}", f"expected {want}, got {value!r}")
 
     env = {}
     for key, entry in r.get(data, "env", dict, "env", {}).items():

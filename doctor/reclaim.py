@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from . import caches, du, hfcache
 
 STALE_INCOMPLETE_S = 600
-PIP_ENTRIES = ("http*", "wheels", "selfcheck*")
+PIP_ENTRIES = ("http", "http-v2", "wheels", "selfcheck", "selfcheck.json")  # pip's own names, exactly
 UV_BUCKET = re.compile(r"^[a-z][a-z0-9-]*-v\d+$")  # archive-v0, wheels-v5, sdists-v9, simple-v16, ...
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, TextIO
 
 from . import __version__
 from .engine import Report
+from .errors import UsageError
 
 SCHEMA = "m3d-doctor/report/v1"
 
@@ -181,8 +182,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         buf = io.StringIO()
         to_table(doc, buf)
         text = buf.getvalue()
+    from .secrets import redact
+
+    text = redact(text)
     if args.output:
-        write_atomically(args.output, text)
+        try:
+            write_atomically(args.output, text)
+        except OSError as exc:
+            raise UsageError(f"--output {args.output}: cannot write: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,7 @@ from typing import Any, Callable, Optional
 from . import runflow, upstream
 from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, UsageError
 from .runflow import STAGES, StageSpec
-
-SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMGT]i?B?|B)?\s*$", re.I)
-
-
-def parse_size(text: str) -> int:
-    """`24GiB`, `24G`, `800MiB`, `1e9` -> bytes (powers of 1024 for K/M/G/T)."""
-    m = SIZE.match(text or "")
-    if not m:
-        raise UsageError(f"--budget {text!r}: expected a size such as 24GiB")
-    unit = (m.group(2) or "B").upper()[:1]
-    return int(float(m.group(1)) * 1024 ** "BKMGT".index(unit))
+from .units import parse_size
 
 
 def add_parsers(sub: Any, target_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -87,7 +76,7 @@ def _pano_plan(args: argparse.Namespace, lora: Optional[Path]) -> dict[str, Any]
         return {"mode": "resident", "fits": True, "streamed_indices": [], "vae_tile": None,
                 "notes": ["cpu: everything in host memory"]}
     if args.budget:
-        budget = parse_size(args.budget)
+        budget = parse_size(args.budget, "--budget")  # the same units as every other command
     else:
         from .nvml import snapshot
 

@@ -23,6 +23,7 @@ from typing import Any, Optional
 from . import __version__, upstream
 from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError
 from .findings import Finding, Severity
+from .secrets import redact
 
 STAGES = ("pano", "video", "scene")
 OUTPUTS = {"pano": ("pano_img.jpg", "prompt.txt"), "video": ("pano_video.mp4", "pano_video_cam.json"),
@@ -163,7 +164,9 @@ def run_stage(spec: StageSpec, out: Path, manifest: Manifest, progress: Any = No
         log.write(f"$ (cd {shlex.quote(str(spec.cwd))} && {shlex.join(cmd)})\n")
         log.flush()
         try:
-            proc = subprocess.Popen(cmd, cwd=spec.cwd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+            # stderr joins stdout so every line passes through redact() on its way into the log
+            proc = subprocess.Popen(cmd, cwd=spec.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace")
         except OSError as exc:
             raise DoctorError(f"stage {spec.name}: cannot start {cmd[0]}: {exc.strerror}") from None
         try:
@@ -171,7 +174,7 @@ def run_stage(spec: StageSpec, out: Path, manifest: Manifest, progress: Any = No
             for line in proc.stdout:
                 event = _event(line) if spec.json_progress else None
                 if event is None:
-                    log.write(line)
+                    log.write(redact(line))
                     log.flush()
                     continue
                 if event.get("event") == "progress" and task is not None:

@@ -23,10 +23,13 @@ def resolution(stage: dict[str, Any], text: Optional[str]) -> tuple[int, int]:
         return int(h), int(w)
     try:
         h, w = (int(x) for x in value.lower().split("x"))
+        if h <= 0 or w <= 0 or h % 16 or w % 16:
+            raise ValueError
         return h, w
     except ValueError:
         choices = ", ".join(list(named) or ["HxW"])
-        raise UsageError(f"--resolution {value!r}: expected {choices} (e.g. 512x1024)") from None
+        raise UsageError(f"--resolution {value!r}: expected {choices} (HxW, positive multiples of 16, "
+                         "e.g. 512x1024)") from None
 
 
 def _header_blocks(files: list[Path], prefixes: list[str]) -> Optional[tuple[list[int], int]]:

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -274,6 +275,19 @@ def _keep(path: str, stash: Path) -> bool:
 
 # -- restoring -----------------------------------------------------------------------------------------------
 
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _installer_artefact(entry: str, touched: set[str]) -> bool:
+    """A new site-packages entry an installer made: pip's `~name` stash, a `.dist-info`/`.data` folder, or a
+    package/module named after a distribution the transaction was changing. Anything else is someone's."""
+    if entry.startswith("~") or entry.endswith((".dist-info", ".data", ".egg-info")):
+        return True
+    stem = _norm(entry.split(".")[0] if not entry.endswith(".py") else entry[:-3])
+    return stem in touched or any(t.startswith(stem + "_") or stem.startswith(t) for t in touched if len(t) > 2)
+
+
 def restore(j: Journal, installer_for_network: Optional[Callable[[list[str]], int]], say: Say) -> list[str]:
     """Put the snapshot back; returns what still differs (empty: the installed set is exactly as it was).
 
@@ -289,9 +303,13 @@ def restore(j: Journal, installer_for_network: Optional[Callable[[list[str]], in
         if name not in want or want[name]["version"] != d["version"] or d["dist_info"] != want[name]["dist_info"]:
             _remove_dist(d["dist_info"])
             say(f"removed {name} {d['version']}")
-    for site in sites:  # 2. leftovers of an interrupted installer: new top-level entries (pip's ~name stashes)
-        before = set(snap["listing"].get(site, []))
+    touched = {_norm(n) for n in [*want, *now, *(j.data.get("packages") or [])]}
+    for site in sites:  # 2. leftovers of an interrupted installer, and only those: pip's ~name stashes,
+        before = set(snap["listing"].get(site, []))  # metadata folders, and half-written packages it touched
         for entry in sorted(set(os.listdir(site)) - before):
+            if not _installer_artefact(entry, touched):
+                say(f"kept {os.path.join(site, entry)} (not the installer's)")
+                continue
             _rm(os.path.join(site, entry))
             say(f"removed leftover {os.path.join(site, entry)}")
     for name, kept in stashed.items():  # 3. the kept files go back; nothing else stays in their directories

@@ -172,10 +172,12 @@ class MoveHfCache(Fix):
             notes.append(f"resuming an interrupted move (journal {journal}: phase {state['state']})")
         else:
             src = Path(os.path.realpath(source))
-            exports = {"HF_HOME": str(dst_home)}
-            if hub_only:
-                exports["HF_HUB_CACHE"] = str(dst)
-            elif caches.hf_hub_var_set():  # set inside HF_HOME: keep it pointing at the same place, moved
+            why = reclaim.unsafe_root(src)
+            if why:  # HF_HOME=$HOME (or /) must never be moved and deleted as if it were a cache
+                return Plan(self.id, [], blocked=why)
+            # hub only (HF_HUB_CACHE outside HF_HOME): HF_HOME stays, or the token file would be left behind
+            exports = {"HF_HUB_CACHE": str(dst)} if hub_only else {"HF_HOME": str(dst_home)}
+            if not hub_only and caches.hf_hub_var_set():  # set inside HF_HOME: same place, moved
                 rel = os.path.relpath(os.path.realpath(hfcache.hub_cache_dir()), src)
                 exports["HF_HUB_CACHE"] = str(dst_home / rel)
             if pod.volume_of(src) is not None:

@@ -255,12 +255,14 @@ class PinnedInstall(Fix):
                           "answers": w.findings}
                 plan.actions.append(ChangeAction(f"{w.name}: {have or 'not installed'} -> {w.requirement} "
                                                  f"({', '.join(w.findings)})", Risk.RISKY, data={"change": change}))
-        replace = ([c.name for c in changes if c.old] if changes is not None
-                   else [n for n in wants if n in installed])
+        # without a dry run (--offline) the resolver may change dependencies too: keep every installed
+        # package's files (hard links cost nothing), so any of them can be put back without the network
+        replace = ([c.name for c in changes if c.old] if changes is not None else list(installed))
         plan.actions.append(Action(
             f"snapshot {len(replace)} installed package(s), install in one {inst.kind} call, verify; "
             "restore the snapshot if anything fails", Risk.RISKY, command=installer.display(argv),
-            data={"argv": argv, "installer": inst, "replace": replace, "pins": {n: str(r) for n, r in pins.items()},
+            data={"argv": argv, "installer": inst, "replace": replace, "index": index,
+                  "pins": {n: str(r) for n, r in pins.items()},
                   "baseline": sorted({finding_key(f) for f in found
                                       if f.severity in (Severity.FAIL, Severity.WARN)})}))
         return plan
@@ -318,8 +320,8 @@ class PinnedInstall(Fix):
         found = self.run_checks(fresh)
         baseline = {tuple(k) for k in step["baseline"]}
         still = [f for f in found if f.severity is Severity.FAIL and f.remedy and f.remedy.fix_id == self.id]
-        still += [f for f in found if f.severity in (Severity.FAIL, Severity.WARN) and f not in still
-                  and finding_key(f) not in baseline]
+        still += [f for f in found if f.severity in (Severity.FAIL, Severity.WARN, Severity.ERROR) and f not in still
+                  and finding_key(f) not in baseline]  # a check that can no longer run (import hangs) fails it
         for name, text in step["pins"].items():
             req = Requirement(text)
             if not satisfied(fresh, req):
@@ -350,8 +352,9 @@ class PinnedInstall(Fix):
             return
         inst: installer.Installer = step["installer"]
 
-        def network(reqs: list[str]) -> int:
-            return installer.run(inst.install(reqs, no_deps=True), progress=lambda line: progress(f"  {line}"))[0]
+        def network(reqs: list[str]) -> int:  # the torch index too, or a +cuXXX build cannot come back
+            argv = inst.install(reqs, None, step.get("index"), no_deps=True)
+            return installer.run(argv, progress=lambda line: progress(f"  {line}"))[0]
 
         progress("restoring the snapshot")
         still = txn.restore(j, network, progress)

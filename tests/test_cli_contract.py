@@ -69,6 +69,13 @@ def test_human_output_is_plain_text_off_a_tty(doctor, tiny_venv, tiny_profile):
     (["--no-such-flag"], "unrecognized arguments"),
     (["--profile", "/nonexistent/profile.toml"], "profile file not found"),
     (["--freeze", "/nonexistent/freeze.txt"], "cannot read freeze file"),
+    (["--timeout", "nan"], "--timeout must be positive"),
+    (["check", "vram", "--stage", "nosuch"], "the profile has stages"),
+    (["check", "vram", "--budget", "24GiB", "--resolution", "0x0"], "positive multiples of 16"),
+    (["check", "vram", "--budget", "0GB"], "must be more than zero"),
+    (["report", "--output", "/nonexistent/dir/m3d.prom"], "cannot write"),
+    (["gate", "--min-free-vram=-5GB"], "expected a size"),
+    (["fix", "no-such-fix"], "unknown fix or finding id"),
 ])
 def test_bad_input_is_one_line_and_exit_2(doctor, args, message):
     run = doctor(*args)

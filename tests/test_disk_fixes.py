@@ -198,3 +198,19 @@ def test_move_waits_for_a_running_download(doctor, pod):
     run = fix(doctor, pod, "disk.move-hf-cache", "--yes")
     assert run.rc == 1 and "a download is writing to the cache" in run.doc["plans"][0]["blocked"]
     assert list(pod.volume.iterdir()) == []
+
+
+def test_pip_cache_entries_are_pips_own_names_only():
+    from m3d_doctor.reclaim import PIP_ENTRIES
+
+    assert "http" in PIP_ENTRIES and "http-v2" in PIP_ENTRIES
+    assert "httpd-site" not in PIP_ENTRIES and not any("*" in e for e in PIP_ENTRIES)
+
+
+def test_a_transaction_restore_keeps_files_that_are_not_the_installers():
+    from m3d_doctor.txn import _installer_artefact
+
+    touched = {"diffusers", "huggingface_hub"}
+    assert _installer_artefact("~iffusers", touched) and _installer_artefact("six-1.16.0.dist-info", touched)
+    assert _installer_artefact("diffusers", touched) and _installer_artefact("huggingface_hub", touched)
+    assert not _installer_artefact("mine", touched) and not _installer_artefact("sitecustomize.py", touched)

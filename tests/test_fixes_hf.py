@@ -137,3 +137,24 @@ def test_two_fixes_at_once_the_second_is_refused(doctor, setup, hub):
     finally:
         first.kill()
         first.wait()
+
+
+def test_the_fix_lock_is_per_environment_however_python_is_spelled(doctor, tiny_venv, tmp_path):
+    """Holding the lock for `<venv>/bin/python` refuses a fix on `<venv>/bin/python3` (same environment)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from m3d_doctor.cache import Cache
+    from m3d_doctor.fixflow import fix_lock
+
+    prefix = subprocess.run([str(tiny_venv), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    cache = tmp_path / "doctor-cache"
+    ctx = SimpleNamespace(target=SimpleNamespace(live=True, interp={"prefix": prefix}), cache=Cache(cache))
+    env = {"M3D_DOCTOR_PROFILE_FILE": str(tmp_path / "profile.sh")}
+    with fix_lock(ctx):
+        run = doctor("fix", "env.persist", "--yes", "--python", str(tiny_venv.parent / "python3"), env=env,
+                     cache_dir=cache)
+    assert run.rc == 3 and "another m3d-doctor fix is running" in run.stderr
+    assert not (tmp_path / "profile.sh").exists()
+

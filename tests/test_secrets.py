@@ -46,3 +46,16 @@ def test_redaction_catches_a_token_that_a_check_would_leak():
     from m3d_doctor.secrets import redact
 
     assert redact(f"Authorization: Bearer {TOKEN}") == "Authorization: Bearer hf_***"
+
+
+def test_streamed_download_progress_is_redacted_too(doctor, tmp_path):
+    """hf.download streams the hub's progress and errors to the terminal: through redaction, even when the
+    endpoint URL itself carries the token (a mirror with basic auth)."""
+    prof = tmp_path / "dl.toml"
+    prof.write_text('schema = 1\nname = "dl"\n[python]\nrequires = ">=3.8"\n[[models]]\nrepo = "org/m"\n'
+                    'files = [{ path = "config.json", size = 10 }]\n')
+    env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": f"http://user:{TOKEN}@127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+    run = doctor("fix", "hf.download", "--yes", "--profile", str(prof), env=env, timeout=120)
+    assert run.rc == 4  # the download failed and was reported
+    assert TOKEN not in run.stdout + run.stderr and TOKEN[8:] not in run.stdout + run.stderr
