@@ -102,7 +102,7 @@ def main() -> int:
     ap.add_argument("--vae", action="store_true", help="also measure the VAE decode phase beside what stays resident")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    from m3d_doctor import planner
+    from m3d_doctor import planner, stages
     from m3d_doctor.runtime.residency import PartialResidency
 
     res = {"plan": a.plan, "cap_gib": a.cap_gib, "height": a.height, "width": a.width,
@@ -118,7 +118,7 @@ def main() -> int:
         kwargs = inputs(a.height, a.width)
         blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
         block_bytes = tuple(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks)
-        stage = planner.flux_dev_model()
+        stage = stages.pano_model()
         stage = planner.StageModel(**{**stage.__dict__, "block_bytes": block_bytes,
                                       "other_transformer_bytes": weights - sum(block_bytes)})
         total = torch.cuda.get_device_properties(0).total_memory

@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    from m3d_doctor import planner
+    from m3d_doctor import planner, stages
     from m3d_doctor.runtime import pano
 
     res = {"plan": a.plan, "cap_gib": a.cap_gib, "height": a.height, "width": a.width, "steps": a.steps,
@@ -81,7 +81,7 @@ def main() -> int:
         device = torch.device("cuda")
         if a.plan == "partial":
             dev = planner.Device("bench", int(a.cap_gib * GiB), 50e9, 420)
-            plan = planner.plan_stage(planner.flux_dev_model(), dev, a.height, a.width).to_dict()
+            plan = planner.plan_stage(stages.pano_model(), dev, a.height, a.width).to_dict()
         else:
             plan = {"mode": "resident"}
         res["stage_plan"] = plan

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from m3d_doctor import caches, hfcache
 from m3d_doctor.check import Check
 from m3d_doctor.context import Context
 from m3d_doctor.findings import Finding, Remedy, Severity
-from m3d_doctor.mounts import existing_volumes, mount_of
-
-
-def hf_home() -> str:
-    if os.environ.get("HF_HOME"):
-        return os.environ["HF_HOME"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "huggingface")
-
-
-def pip_cache() -> str:
-    if os.environ.get("PIP_CACHE_DIR"):
-        return os.environ["PIP_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pip")
 
 
 class EnvCheck(Check):
@@ -50,12 +37,13 @@ class EnvCheck(Check):
                                                          "source": rule.get("source", "")},
                     remedy=Remedy(f"export {var}={want}", "env.persist"),
                 ))
-        volumes = existing_volumes(list(ctx.profile.raw.get("pod", {}).get("volumes", [])))
-        caches = {"HF_HOME": hf_home(), "PIP_CACHE_DIR": pip_cache()}
-        for var, path in caches.items():
-            where = mount_of(path if os.path.exists(path) else os.path.dirname(path) or "/")
+        pod = caches.pod_layout({"volumes": ctx.profile.raw.get("pod", {}).get("volumes", [])})
+        volumes = [str(v) for v in pod.volumes]
+        locations = {"HF_HOME": str(hfcache.hf_home()), "PIP_CACHE_DIR": str(caches.pip_cache_dir())}
+        for var, path in locations.items():
+            where = caches.mount_for(Path(path))
             ev = {"variable": var, "path": path, "mount": where, "volumes": volumes}
-            if volumes and not any(mount_of(v) == where for v in volumes):
+            if volumes and pod.volume_of(Path(path)) is None:
                 target = os.path.join(volumes[0], ".cache", "huggingface" if var == "HF_HOME" else "pip")
                 findings.append(Finding(
                     "env.cache-on-container-disk", Severity.WARN,

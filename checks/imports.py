@@ -20,7 +20,6 @@ from m3d_doctor.context import Context
 from m3d_doctor.facts import imports_probe
 from m3d_doctor.findings import Finding, Remedy, Severity
 from m3d_doctor.remedies import distribution_for_module, install, pip
-from packaging.version import InvalidVersion, Version
 
 
 class _Blank(dict):
@@ -228,13 +227,6 @@ class ImportsCheck(Check):
             findings.append(Finding("imports.ok", Severity.OK, f"{len(ok_modules)} modules import",
                                     evidence={"modules": ok_modules}))
         return findings
-
-
-def _ver(text: str) -> Version | None:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return None
 
 
 CHECK = ImportsCheck()

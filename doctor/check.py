@@ -8,7 +8,7 @@ class to instantiate.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .findings import Finding
@@ -98,5 +98,3 @@ def select_checks(available: dict[str, Check], names: list[str]) -> list[Check]:
         )
     return [available[n] for n in dict.fromkeys(names)]
 
-
-CheckFn = Callable[["Context"], "list[Finding]"]

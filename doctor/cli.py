@@ -18,8 +18,6 @@ from . import __version__, gate, lock, report, run_cli, shims_cli
 from .errors import EXIT_INTERNAL, EXIT_USAGE, DoctorError, UsageError
 from .units import parse_size
 
-SUBCOMMANDS = ("check",)
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage block

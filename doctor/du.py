@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from . import units
+
 Seen = set[tuple[int, int]]  # (st_dev, st_ino) already counted
 
 
@@ -109,16 +111,7 @@ def disk_usage(path: str | os.PathLike[str], deadline: Optional[Deadline] = None
     return usage
 
 
-def human(n: int) -> str:
-    """A size for a title (evidence always carries the integer bytes)."""
-    sign, size = "-" if n < 0 else "", float(abs(n))
-    if size < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        size /= 1024
-        if size < 1024:
-            return f"{sign}{size:.1f} {unit}"
-    return f"{sign}{size / 1024:.1f} TiB"
+human = units.human  # one formatter for the whole doctor
 
 
 def total_usage(paths: Iterable[str | os.PathLike[str]], deadline: Optional[Deadline] = None,

@@ -114,18 +114,18 @@ def run_fix(args: argparse.Namespace) -> int:
             plan_out.message(f"held back (destructive, run only when named): {', '.join(held)} — "
                              f"m3d-doctor fix {' '.join(held)} --yes", out)
     if not runnable:
-        return _finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) else EXIT_OK,
+        return finish(args, doc, EXIT_FAIL if any(p.blocked for p in plans) else EXIT_OK,
                        "nothing to apply" if plans else "nothing to fix")
     if args.dry_run:
-        return _finish(args, doc, EXIT_OK, "dry run: nothing applied")
+        return finish(args, doc, EXIT_OK, "dry run: nothing applied")
     destructive = any(p.risk is Risk.DESTRUCTIVE for p in runnable)
     if not args.yes:
         if destructive or not sys.stdin.isatty():
             why = "destructive steps need --yes" if destructive else "not a terminal: pass --yes to apply"
-            return _finish(args, doc, EXIT_OK, f"nothing applied ({why})")
+            return finish(args, doc, EXIT_OK, f"nothing applied ({why})")
         answer = input("apply this plan? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
-            return _finish(args, doc, EXIT_OK, "nothing applied")
+            return finish(args, doc, EXIT_OK, "nothing applied")
     code = EXIT_OK
     with fix_lock(ctx):
         for plan in runnable:
@@ -152,10 +152,10 @@ def run_fix(args: argparse.Namespace) -> int:
             doc["applied"].append(entry)
             if code != EXIT_OK:
                 break
-    return _finish(args, doc, code, "done" if code == EXIT_OK else "verification failed: rolled back")
+    return finish(args, doc, code, "done" if code == EXIT_OK else "verification failed: rolled back")
 
 
-def _finish(args: argparse.Namespace, doc: dict[str, Any], code: int, message: str) -> int:
+def finish(args: argparse.Namespace, doc: dict[str, Any], code: int, message: str) -> int:
     doc["exit_code"], doc["message"] = code, message
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")

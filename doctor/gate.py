@@ -13,8 +13,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import psutil
-
 from . import nvml
 from .errors import EXIT_FAIL, EXIT_OK
 from .findings import CheckResult, Finding, Severity
@@ -46,13 +44,12 @@ def threshold_findings(args: argparse.Namespace, ctx: Any) -> list[Finding]:
                            cause="" if ok else (snap.get("reason") or "other processes hold the memory"),
                            evidence={"free": free, "needed": need}))
     if args.min_free_disk:
+        from .caches import existing_ancestor, free_bytes
         from .hfcache import hub_cache_dir
 
         need = parse_size(args.min_free_disk, "--min-free-disk")
-        path = hub_cache_dir()
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        free = psutil.disk_usage(str(path)).free
+        path = existing_ancestor(hub_cache_dir())
+        free = free_bytes(path)
         ok = free >= need
         out.append(Finding("gate.disk-ok" if ok else "gate.disk-below-threshold", Severity.OK if ok else Severity.FAIL,
                            f"{human(free)} free on the HF cache's mount ({'>=' if ok else '<'} {human(need)})",

@@ -215,20 +215,3 @@ def choose_streamed(blocks: list[int], n: int) -> list[int]:
         if left == 0:
             break
     return sorted(out)
-
-
-def flux_dev_model(lora_bytes: int = 0) -> StageModel:
-    """FLUX.1-dev in bf16 from its public config (anchors-vram §2): 19 double blocks, 38 single blocks."""
-    h, mlp = 3072, 12288
-    double = 2 * (4 * h * h + 2 * h * mlp + h * 6 * h) + 2 * (4 * h)  # two streams: qkv+out, mlp, adaLN
-    single = 3 * h * h + h * mlp + (h + mlp) * h + h * 3 * h
-    blocks = (double * 2,) * 19 + (single * 2,) * 38  # bf16 bytes (biases folded into the small terms)
-    total = int(23.8e9)  # the Hub's transformer size
-    other = max(total - sum(blocks), int(0.1 * GiB))
-    return StageModel(
-        name="pano", block_bytes=blocks, other_transformer_bytes=other + lora_bytes,
-        text_encoder_bytes=int(9.52e9 + 0.246e9), vae_bytes=int(0.168e9),
-        # activations measured on an H200 (benchmarks/results, 2026-11-26): 0.252 GiB at 2,560 tokens and
-        # 0.855 GiB at 8,704, i.e. ~103 kB per token from zero; the base keeps predictions on the safe side.
-        act_base=int(0.05 * GiB), act_per_token=103_500,
-        flops_per_token=2 * (2.15e9 + 4.30e9), attn_flops_coeff=4 * 3072 * 57)  # anchors-vram §2.4

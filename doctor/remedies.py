@@ -32,12 +32,14 @@ def install(ctx: Context, names: Iterable[str], extra: str = "") -> str:
 
 
 def torch_index_option(ctx: Context, names: Iterable[str]) -> str:
-    """torch-family wheels come from the PyTorch index of the CUDA variant the torch check chose."""
-    fam = {"torch", "torchvision", "torchaudio"}
-    if not fam.intersection(canonicalize_name(n) for n in names):
+    """torch-family wheels come from the index `fix` would use (installer.torch_index: the CUDA variant that suits
+    the driver and GPUs, the CPU index without a GPU), so the command shown and the fix agree."""
+    from .installer import TORCH_FAMILY, torch_index
+
+    if not set(TORCH_FAMILY).intersection(canonicalize_name(n) for n in names):
         return ""
-    variant = ctx._facts.get("torch_variant")
-    return f" --index-url {variant['index_url']}" if variant else ""
+    index, _why = torch_index(ctx)
+    return f" --index-url {index}" if index else ""
 
 
 def distribution_for_module(ctx: Context, module: str) -> str | None:

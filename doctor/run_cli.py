@@ -70,8 +70,9 @@ def _gpu_count() -> int:
 
 
 def _pano_plan(args: argparse.Namespace, lora: Optional[Path]) -> dict[str, Any]:
-    from . import planner
+    from . import planner, stages
 
+    gpus: list[dict[str, Any]] = []
     if args.device == "cpu":
         return {"mode": "resident", "fits": True, "streamed_indices": [], "vae_tile": None,
                 "notes": ["cpu: everything in host memory"]}
@@ -83,8 +84,8 @@ def _pano_plan(args: argparse.Namespace, lora: Optional[Path]) -> dict[str, Any]
         gpus = snapshot().get("gpus") or []
         budget = int(gpus[0]["memory_free"]) if gpus else 0
     lora_bytes = lora.stat().st_size if lora and lora.exists() else 0
-    device = planner.Device("gpu", budget, 25e9, 400.0)
-    plan = planner.plan_stage(planner.flux_dev_model(lora_bytes), device, args.height, args.width).to_dict()
+    device = stages.device_for(gpus[0] if gpus else {}, budget)
+    plan = planner.plan_stage(stages.pano_model(lora_bytes), device, args.height, args.width).to_dict()
     plan["budget_bytes"] = budget
     return plan
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 
 
@@ -33,15 +33,20 @@ class Header:
     def complete(self) -> bool:
         return self.data_start + self.data_end <= self.file_size
 
+    def tensor_bytes(self, name: str) -> int:
+        t = self.tensors[name]
+        return _numel(t) * DTYPE_BYTES.get(t.get("dtype", "BF16"), 2)
+
     @property
     def parameters(self) -> int:
-        n = 0
-        for t in self.tensors.values():
-            count = 1
-            for d in t.get("shape", []):
-                count *= int(d)
-            n += count
-        return n
+        return sum(_numel(t) for t in self.tensors.values())
+
+
+def _numel(t: dict[str, Any]) -> int:
+    n = 1
+    for d in t.get("shape", []):
+        n *= int(d)
+    return n
 
 
 def read_header(path: str | os.PathLike[str]) -> Header:

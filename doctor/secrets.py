@@ -20,9 +20,9 @@ _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 @functools.lru_cache(maxsize=1)
 def known_secrets() -> tuple[str, ...]:
     values = {os.environ.get(v, "").strip() for v in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "huggingface").expanduser()
-    for path in (os.environ.get("HF_TOKEN_PATH"), home / "token"):
+    from .hfcache import hf_home
+
+    for path in (os.environ.get("HF_TOKEN_PATH"), hf_home() / "token"):
         try:
             if path:
                 values.add(Path(path).read_text(encoding="utf-8", errors="replace").strip())

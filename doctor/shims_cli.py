@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import EXIT_OK, EXIT_ROLLED_BACK, DoctorError, UsageError
+from .fixflow import finish
 
 SCHEMA = "m3d-doctor/shims/v1"
 
@@ -126,14 +127,14 @@ def cmd_undo(args: argparse.Namespace) -> int:
     if not args.json:
         plan_out.render(doc["plans"], out)
     if not plan.actions:
-        return _finish(args, doc, EXIT_OK, "no shims installed: nothing to remove")
+        return finish(args, doc, EXIT_OK, "no shims installed: nothing to remove")
     if args.dry_run:
-        return _finish(args, doc, EXIT_OK, "dry run: nothing removed")
+        return finish(args, doc, EXIT_OK, "dry run: nothing removed")
     if not args.yes:
         if not sys.stdin.isatty():
-            return _finish(args, doc, EXIT_OK, "nothing removed (not a terminal: pass --yes to apply)")
+            return finish(args, doc, EXIT_OK, "nothing removed (not a terminal: pass --yes to apply)")
         if input("remove these shims? [y/N] ").strip().lower() not in ("y", "yes"):
-            return _finish(args, doc, EXIT_OK, "nothing removed")
+            return finish(args, doc, EXIT_OK, "nothing removed")
     removed: list[str] = []
     entry: dict[str, Any] = {"fix_id": plan.fix_id, "status": "applied"}
     with fix_lock(ctx):
@@ -154,12 +155,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
                     plan_out.message(f"  shims.undo: reinstalled {dist}", out)
     doc["applied"].append(entry)
     if entry["status"] != "applied":
-        return _finish(args, doc, EXIT_ROLLED_BACK, f"undo failed: {entry['error']}")
-    return _finish(args, doc, EXIT_OK, f"removed {len(removed)} shim(s)")
+        return finish(args, doc, EXIT_ROLLED_BACK, f"undo failed: {entry['error']}")
+    return finish(args, doc, EXIT_OK, f"removed {len(removed)} shim(s)")
 
-
-def _finish(args: argparse.Namespace, doc: dict[str, Any], code: int, message: str) -> int:
-    from .fixflow import _finish as finish  # one way to end a fix document
-
-    return finish(args, doc, code, message)
 

@@ -11,8 +11,6 @@ from .errors import UsageError
 from .planner import Device, StageModel
 from .safetensors_header import HeaderError, read_header
 
-_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "F8_E5M2": 1, "F64": 8, "I8": 1, "U8": 1}
-
 
 def resolution(stage: dict[str, Any], text: Optional[str]) -> tuple[int, int]:
     """'512x1024' (HxW) for images; '480'/'720' (named in the profile) for video."""
@@ -41,11 +39,8 @@ def _header_blocks(files: list[Path], prefixes: list[str]) -> Optional[tuple[lis
             header = read_header(f)
         except (HeaderError, OSError):
             return None
-        for name, t in header.tensors.items():
-            n = 1
-            for d in t.get("shape", []):
-                n *= int(d)
-            size = n * _DTYPE_BYTES.get(t.get("dtype", "BF16"), 2)
+        for name in header.tensors:
+            size = header.tensor_bytes(name)
             for pi, prefix in enumerate(prefixes):
                 if name.startswith(prefix):
                     idx = int(name[len(prefix):].split(".", 1)[0])
@@ -92,3 +87,12 @@ def device_for(gpu: dict[str, Any], budget: int) -> Device:
     gen = str(gpu.get("pcie_gen") or 4)
     bw = float(facts.get("pcie_h2d", {}).get(gen, 25e9))
     return Device(name or "gpu", budget, bw, float(tflops))
+
+
+def pano_model(lora_bytes: int = 0) -> StageModel:
+    """FLUX.1-dev (the embedded profile's `[stages.pano]`), with a LoRA of this size instead of the profile's
+    estimate: the runner and the benchmarks plan from the same data as the vram check."""
+    from .profile import load_profile
+
+    stage = load_profile().stages["pano"]
+    return stage_model("pano", {**stage, "lora_bytes": lora_bytes})[0]

@@ -20,4 +20,12 @@ def parse_size(text: str, flag: str = "size") -> int:
 
 
 def human(n: int) -> str:
-    return f"{n / 1024**3:.1f} GiB"
+    """A size for a title (evidence always carries the integer bytes)."""
+    sign, size = "-" if n < 0 else "", float(abs(n))
+    if size < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{sign}{size:.1f} {unit}"
+    return f"{sign}{size / 1024:.1f} TiB"

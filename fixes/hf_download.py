@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
-import psutil
-from m3d_doctor import hfcache
+from m3d_doctor import caches, hfcache
 from m3d_doctor.checks.checkpoints import locate
 from m3d_doctor.checks.hf import hub_python
 from m3d_doctor.context import Context
@@ -21,12 +19,6 @@ from m3d_doctor.fix import Action, Fix, Plan, Progress, Risk
 from m3d_doctor.probe import run_probe
 
 HEADROOM = 1.05  # a download must fit with 5 % to spare
-
-
-def existing_parent(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 class HfDownload(Fix):
@@ -49,7 +41,7 @@ class HfDownload(Fix):
             return plan
         cache = hfcache.hub_cache_dir()
         need = sum(f.size or 0 for files in missing.values() for f in files)
-        free = psutil.disk_usage(str(existing_parent(cache))).free
+        free = caches.free_bytes(cache)
         for repo, files in missing.items():
             size = sum(f.size or 0 for f in files)
             plan.actions.append(Action(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from m3d_doctor.planner import Device, GiB, choose_streamed, denoise_peak, plan_stage, spread_indices
-from m3d_doctor.planner import flux_dev_model as planner_flux
 from m3d_doctor.profile import load_profile
 from m3d_doctor.stages import device_for, resolution, stage_model
+from m3d_doctor.stages import pano_model as planner_flux
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "run3-partial"
 PROFILE = load_profile()

@@ -7,18 +7,13 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.markup import escape
 
+from ..units import human
+
 _RISK = {"safe": "green", "risky": "yellow", "destructive": "red"}
 
 
 def human_bytes(n: int | None) -> str:
-    if n is None:
-        return ""
-    size = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{'-' if n < 0 else ''}{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"
+    return "" if n is None else human(n)
 
 
 def render(plans: list[dict[str, Any]], stream: TextIO) -> None:

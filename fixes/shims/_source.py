@@ -15,3 +15,13 @@ def attach_hook(target: str, attr: str, provider: str) -> str:
     for key, value in (("__TARGET__", target), ("__ATTR__", attr), ("__PROVIDER__", provider)):
         text = text.replace(f'"{key}"', repr(value), 1)
     return text
+
+
+def hook_shim_files(package: str, target: str, attr: str, module: str, source_name: str) -> dict[str, str]:
+    """Wheel contents of an attribute shim: a one-line `.pth` that imports the hook package, the hook filled
+    in for `target.attr`, and the provider `package.module` (`sources/<source_name>`)."""
+    return {
+        f"{package}.pth": f"import {package}\n",
+        f"{package}/__init__.py": attach_hook(target, attr, f"{package}.{module}"),
+        f"{package}/{module}.py": source(source_name),
+    }

@@ -7,17 +7,13 @@ filled in for huggingface_hub/cached_download) and `m3d_shim_hf_cached_download/
 
 from __future__ import annotations
 
-from ._source import attach_hook, source
+from ._source import hook_shim_files
 
 PACKAGE = "m3d_shim_hf_cached_download"
 
 
 def files() -> dict[str, str]:
-    return {
-        f"{PACKAGE}.pth": f"import {PACKAGE}\n",
-        f"{PACKAGE}/__init__.py": attach_hook("huggingface_hub", "cached_download", f"{PACKAGE}.cached_download"),
-        f"{PACKAGE}/cached_download.py": source("cached_download.py"),
-    }
+    return hook_shim_files(PACKAGE, "huggingface_hub", "cached_download", "cached_download", "cached_download.py")
 
 
 VERIFY = """

@@ -7,17 +7,13 @@ whose docstring lists what every function does and why).
 
 from __future__ import annotations
 
-from ._source import attach_hook, source
+from ._source import hook_shim_files
 
 PACKAGE = "m3d_shim_torch_xpu"
 
 
 def files() -> dict[str, str]:
-    return {
-        f"{PACKAGE}.pth": f"import {PACKAGE}\n",
-        f"{PACKAGE}/__init__.py": attach_hook("torch", "xpu", f"{PACKAGE}.xpu"),
-        f"{PACKAGE}/xpu.py": source("torch_xpu.py"),
-    }
+    return hook_shim_files(PACKAGE, "torch", "xpu", "xpu", "torch_xpu.py")
 
 
 VERIFY = """
