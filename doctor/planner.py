@@ -43,6 +43,13 @@ class StageModel:
     vae_act_per_pixel: float = 2.4 * GiB / (1024 * 1024)  # decode transient per output pixel of a tile
     flops_per_token: float = 0.0  # linear FLOPs per token per step (attention added from tokens)
     attn_flops_coeff: float = 0.0  # attention FLOPs = coeff * tokens^2
+    # Video stage (Matrix-3D's native Wan stage): encoders run in sequential phases, never co-resident; each is
+    # (weights on the GPU, activation bytes, activation bytes per video pixel of the conditioning video).
+    encode_phases: tuple[tuple[int, int, float], ...] = ()
+    decode_act: int = 0  # > 0: the decode transient is this constant (a fixed tile), the transformer freed
+    host_lazy: bool = False  # weights are materialised lazily: host RAM = encoders, then the streamed blocks
+    host_encoder_bytes: int = 0  # what the encoders hold in host RAM while loading (file transients included)
+    host_base: int = 0  # the process itself (torch, CUDA context, page tables)
 
     @property
     def transformer_bytes(self) -> int:
@@ -56,6 +63,13 @@ class StageModel:
     def activations(self, height: int, width: int) -> int:
         n = self.tokens(height, width)
         return int(self.act_base + self.act_per_token * n + self.act_per_token2 * n * n)
+
+    def encode_peaks(self, height: int, width: int) -> list[int]:
+        """GPU bytes of each sequential encode phase (video), or of the single one (image stages)."""
+        if not self.encode_phases:
+            return [self.text_encoder_bytes + self.encode_act]
+        pixels = height * width * max(self.frames, 1)
+        return [int(w + a + per_px * pixels) for w, a, per_px in self.encode_phases]
 
     def step_flops(self, height: int, width: int) -> float:
         n = self.tokens(height, width)
@@ -83,6 +97,7 @@ class Plan:
     predicted_step_s: Optional[float] = None
     predicted_slowdown: float = 1.0
     notes: list[str] = field(default_factory=list)
+    host_peak: Optional[int] = None  # host RAM the plan needs (lazily loaded stages), bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "fits": self.fits, "streamed_blocks": self.streamed_blocks,
@@ -92,7 +107,12 @@ class Plan:
                 "predicted_peak_gib": round(self.predicted_peak / GiB, 2),
                 "phase_peaks_gib": {k: round(v / GiB, 2) for k, v in self.phase_peaks.items()},
                 "predicted_step_s": None if self.predicted_step_s is None else round(self.predicted_step_s, 4),
-                "predicted_slowdown": round(self.predicted_slowdown, 3), "notes": self.notes}
+                # strict JSON: an unknown (infinite) slowdown is null, never `Infinity`
+                "predicted_slowdown": (round(self.predicted_slowdown, 3) if math.isfinite(self.predicted_slowdown)
+                                       else None),
+                "host_peak_bytes": self.host_peak,
+                "host_peak_gib": None if self.host_peak is None else round(self.host_peak / GiB, 2),
+                "notes": self.notes}
 
 
 SAFETY_MARGIN = 2 * GiB  # CUDA context (~0.5 GiB, outside the allocator) and fragmentation headroom
@@ -117,20 +137,29 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
     act = model.activations(height, width)
     flops = model.step_flops(height, width)
     compute_s = flops / (device.tflops * 1e12) if device.tflops and flops else None
-    encode_peak = model.text_encoder_bytes + model.encode_act
+    encode = model.encode_peaks(height, width)
     notes = []
-    if encode_peak > budget:
+    if not model.encode_phases and encode[0] > budget:
         notes.append("text encoders do not fit: encode on the CPU (slower prompt encoding, same result)")
-        encode_peak = 0
+        encode = [0]
+    encode_names = ["encode"] if len(encode) == 1 else [f"encode_{i + 1}" for i in range(len(encode))]
 
     def finish(plan: Plan, resident_weights: int, extra: int) -> Plan:
         denoise = resident_weights + extra + act + model.vae_bytes  # the VAE waits on the GPU for the decode
-        decode, tile = _vae_phase(model, height, width, resident_weights + extra, budget)
+        if model.decode_act:  # the transformer is dropped before a fixed-tile decode
+            decode, tile = model.vae_bytes + model.decode_act, None
+        else:
+            decode, tile = _vae_phase(model, height, width, resident_weights + extra, budget)
         plan.vae_tile = tile
-        plan.phase_peaks = {"encode": encode_peak, "denoise": denoise, "decode": decode}
+        plan.phase_peaks = {**dict(zip(encode_names, encode)), "denoise": denoise, "decode": decode}
         plan.predicted_peak = max(plan.phase_peaks.values())
         plan.fits = plan.predicted_peak <= budget
         plan.notes = notes + plan.notes
+        if model.host_lazy:
+            streamed = sum(model.block_bytes[i] for i in plan.streamed_indices)
+            block = max(model.block_bytes, default=0)
+            plan.host_peak = model.host_base + max(model.host_encoder_bytes,
+                                                   streamed + model.vae_bytes + 2 * block)
         return plan
 
     blocks = list(model.block_bytes)
@@ -158,6 +187,11 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
                         predicted_step_s=step, predicted_slowdown=slowdown), resident, SLOTS * slot)
         if p.fits:
             return p
+    if model.host_lazy:  # the native video stage places resident/partial only: nothing slower exists there
+        p = finish(Plan("does-not-fit", False, streamed_blocks=len(blocks), streamed_indices=list(range(len(blocks))),
+                        predicted_slowdown=math.inf), model.other_transformer_bytes, SLOTS * max(blocks))
+        p.mode, p.fits = "does-not-fit", False
+        return p
     # nothing resident but two blocks in flight
     slot = max(blocks)
     other = model.other_transformer_bytes

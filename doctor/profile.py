@@ -90,6 +90,7 @@ class Model:
     local_path: Optional[str] = None  # operator's override: a local folder holding the repo's files
     local_dir: Optional[str] = None  # where upstream's downloader puts the files, relative to the root
     required: bool = True
+    resolution: Optional[str] = None  # needed only at this named video resolution ("480" | "720")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def parse_profile(text: str, source: str) -> Profile:
             local_path=r.get(entry, "local_path", str, path + ".local_path", None),
             local_dir=r.get(entry, "local_dir", str, path + ".local_dir", None),
             required=r.get(entry, "required", bool, path + ".required", True),
+            resolution=r.get(entry, "resolution", str, path + ".resolution", None),
         ))
 
     pod = r.get(data, "pod", dict, "pod", {})

@@ -112,7 +112,97 @@ def i2p_command(root: Path, python: str, image: Path, out_dir: Path, seed: Optio
     return [python, PANO_SCRIPT, *args]
 
 
+VIDEO_OPTIONS = ("--angle", "--movement_range", "--movement_mode", "--json_path", "--seed", "--resolution",
+                 "--inout_dir")
+LATER_VIDEO_OPTIONS = ("--enable_vram_management", "--use_5b_model")  # upstream after 980959f (ff629bf, f1c0b14)
+VIDEO_MODEL_DIR = {480: "checkpoints/Wan-AI/Wan2.1-I2V-14B-480P", 720: "checkpoints/Wan-AI/Wan2.1-I2V-14B-720P"}
+VIDEO_LORA = {480: "checkpoints/Wan-AI/wan_lora/pano_video_gen_480p.ckpt",
+              720: "checkpoints/Wan-AI/wan_lora/pano_video_gen_720p.bin"}
+VIDEO_SHARDS = tuple(f"diffusion_pytorch_model-0000{i}-of-00007.safetensors" for i in range(1, 8))
+VIDEO_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+VIDEO_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+VIDEO_VAE = "Wan2.1_VAE.pth"
+VIDEO_TOKENIZER = "google/umt5-xxl"  # beside the T5 file: WanVideoPipeline.fetch_models reads it from there
+MOGE_CHECKPOINT = "checkpoints/moge/model.pt"
+VENDORED = {"diffsynth": "code/DiffSynth-Studio/diffsynth/pipelines/wan_video.py",
+            "nvrender": "code/utils_3dscene/nvrender.py", "MoGe": "code/MoGe/scripts/infer_panorama.py"}
+
+
+def video_version(root: Path) -> str:
+    """Which upstream video script this checkout has: '980959f' (the snapshot) or 'later' (adds the low-VRAM
+    flag and the Wan2.2 5B path). Raises UpstreamDrift when options the native stage mirrors are gone."""
+    cli = read_cli(root / VIDEO_SCRIPT)
+    for flag in VIDEO_OPTIONS:
+        cli.require(flag)
+    return "later" if any(f in cli.options for f in LATER_VIDEO_OPTIONS) else "980959f"
+
+
+@dataclass(frozen=True)
+class VideoInputs:
+    """Every file the native video stage reads, as absolute paths (the doctor resolves them once, the same way
+    the checkpoints check does, and hands them to the runtime)."""
+
+    root: Path
+    resolution: int
+    shards: tuple[Path, ...]
+    t5: Path
+    clip: Path
+    vae: Path
+    tokenizer: Path
+    lora: Path
+    moge: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": str(self.root), "resolution": self.resolution, "shards": [str(p) for p in self.shards],
+                "t5": str(self.t5), "clip": str(self.clip), "vae": str(self.vae), "tokenizer": str(self.tokenizer),
+                "lora": str(self.lora), "moge": str(self.moge)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VideoInputs:
+        return cls(Path(d["root"]), int(d["resolution"]), tuple(Path(p) for p in d["shards"]), Path(d["t5"]),
+                   Path(d["clip"]), Path(d["vae"]), Path(d["tokenizer"]), Path(d["lora"]), Path(d["moge"]))
+
+    @classmethod
+    def in_checkout(cls, root: Path, resolution: int, model_dir: Optional[Path] = None) -> VideoInputs:
+        """Upstream's own layout (what `panoramic_image_to_video.py` reads), or `model_dir` for the Wan files."""
+        root = Path(root).resolve()
+        d = Path(model_dir) if model_dir else root / VIDEO_MODEL_DIR[resolution]
+        return cls(root, resolution, tuple(d / s for s in VIDEO_SHARDS), d / VIDEO_T5, d / VIDEO_CLIP, d / VIDEO_VAE,
+                   d / VIDEO_TOKENIZER, root / VIDEO_LORA[resolution], root / MOGE_CHECKPOINT)
+
+    def problems(self) -> list[str]:
+        """One line per missing input: the file, and the command that provides it. Empty: the stage can start."""
+        out = []
+        for name, rel in VENDORED.items():
+            if not (self.root / rel).is_file():
+                out.append(f"{self.root / rel}: the checkout lacks upstream's vendored {name} (is --matrix3d-root "
+                           "a full Matrix-3D checkout? `git clone https://github.com/SkyworkAI/Matrix-3D`)")
+        repo = f"Wan-AI/Wan2.1-I2V-14B-{self.resolution}P"
+        for p in (*self.shards, self.t5, self.clip, self.vae):
+            if not p.is_file():
+                out.append(f"{p}: missing {repo} file (m3d-doctor fix hf.download, or `hf download {repo} "
+                           f"{p.name} --local-dir {p.parent}`)")
+        tok = self.tokenizer
+        if not ((tok / "tokenizer_config.json").is_file()
+                and ((tok / "tokenizer.json").is_file() or (tok / "spiece.model").is_file())):
+            out.append(f"{tok}: missing the umT5 tokenizer folder of {repo} (`hf download {repo} --include "
+                       f"'{VIDEO_TOKENIZER}/*' --local-dir {self.t5.parent}`)")
+        if not self.lora.is_file():
+            other = {480: 720, 720: 480}[self.resolution]
+            alt = self.root / VIDEO_LORA[other]
+            hint = (f"; only the {other}p LoRA ({alt.name}) is here: --resolution {other}, or download the "
+                    f"{self.resolution}p one" if alt.is_file() else "")
+            out.append(f"{self.lora}: missing the {self.resolution}p panoramic-video LoRA (Skywork/Matrix-3D: "
+                       f"`python code/download_checkpoints.py` or m3d-doctor fix hf.download){hint}")
+        if not self.moge.is_file():
+            out.append(f"{self.moge}: missing the MoGe checkpoint (`hf download Ruicheng/moge-vitl model.pt "
+                       f"--local-dir {self.moge.parent}`)")
+        return out
+
+
 def video_command(root: Path, inout_dir: Path, resolution: int, seed: Optional[int], nproc: int) -> list[str]:
+    """Upstream's own video script under torchrun (kept for reference and `--dry-run` comparisons; the runner
+    uses the native stage, m3d_doctor.runtime.video)."""
     cli = read_cli(root / VIDEO_SCRIPT)
     args = build_args(cli, {"--inout_dir": str(inout_dir), "--resolution": resolution, "--seed": seed})
     return ["torchrun", "--nproc_per_node", str(max(1, nproc)), VIDEO_SCRIPT, *args]
