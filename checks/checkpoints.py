@@ -62,11 +62,11 @@ class CheckpointsCheck(Check):
 
     def run(self, ctx: Context) -> list[Finding]:
         findings: list[Finding] = []
-        for model in ctx.profile.models:
+        for model in ctx.models():
             findings += self._model(ctx, model)
         if not any(f.severity in (Severity.FAIL, Severity.WARN) for f in findings):
             findings.insert(0, Finding("checkpoints.ok", Severity.OK,
-                                       f"{len(ctx.profile.models)} model entries present and complete"))
+                                       f"{len(ctx.models())} model entries present and complete"))
         return findings
 
     def _model(self, ctx: Context, model: Model) -> list[Finding]:

@@ -73,8 +73,8 @@ class DiskCheck(Check):
                    findings: list[Finding]) -> bool:
         needed, unknown, present, per_repo = 0, [], 0, {}
         seen: set[tuple[str, str]] = set()
-        unlisted = [m.repo for m in ctx.profile.models if not m.files]
-        for model in ctx.profile.models:
+        unlisted = [m.repo for m in ctx.models() if not m.files]
+        for model in ctx.models():
             for f in model.files:
                 if (model.repo, f.path) in seen:
                     continue

@@ -67,7 +67,7 @@ class HfCheck(Check):
                             cause="the access check uses huggingface_hub's own client",
                             remedy=Remedy("pip install 'm3d-doctor[hf]'"))]
         repos: dict[str, dict[str, Any]] = {}
-        for m in ctx.profile.models:
+        for m in ctx.models():
             entry = repos.setdefault(m.repo, {"repo": m.repo, "type": "model", "files": [], "gated": False,
                                               "stages": []})
             entry["files"] += [f.path for f in m.files]

@@ -1,8 +1,9 @@
 """vram: every GPU through NVML, host memory for offloading, and whether each stage fits, with which plan.
 
 Live numbers (free memory changes): this check reads NVML itself and is never cached. Offloading lives in
-host RAM, so RAM, /dev/shm and the cgroup limit are part of the answer. Stage fit comes from the planner
-(doctor/planner.py) for the budget of the best visible GPU, or `--budget SIZE` to plan for another card.
+host RAM, so RAM, /dev/shm and the cgroup limit are part of the answer. Stage fit comes from `stages.stage_plan`
+(the planner, doctor/planner.py) for the budget `gpu_budget.choose_budget` picks: the best visible GPU's free
+memory, or `--budget SIZE` to plan for another card; `m3d-doctor run` plans its stages through the same call.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from m3d_doctor.check import Check
 from m3d_doctor.checks.checkpoints import locate
 from m3d_doctor.context import Context
 from m3d_doctor.findings import Finding, Remedy, Severity
-from m3d_doctor.planner import GiB, plan_stage
-from m3d_doctor.stages import device_for, resolution, stage_model
+from m3d_doctor.gpu_budget import Budget, choose_budget, snapshot_gpus
+from m3d_doctor.planner import GiB
+from m3d_doctor.stages import split_resolution, stage_plan
 
-CONTEXT_BYTES = int(0.5 * GiB)  # CUDA context + cuBLAS workspace: outside the allocator, inside the card
 FOREIGN_MIN = 1 * GiB
 
 
@@ -35,22 +36,6 @@ def cgroup_memory_limit() -> Optional[int]:
     return None
 
 
-def visible_gpus(snap: dict[str, Any]) -> list[dict[str, Any]]:
-    """NVML sees every GPU of the host; CUDA_VISIBLE_DEVICES (indices or UUIDs) says which torch will use,
-    renumbered from 0 in that order."""
-    gpus = snap.get("gpus", [])
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is None:
-        return [dict(g, cuda_index=g["index"]) for g in gpus]
-    out = []
-    for cuda_index, token in enumerate(t.strip() for t in cvd.split(",") if t.strip()):
-        match = next((g for g in gpus if str(g["index"]) == token or g.get("uuid", "").startswith(token)), None)
-        if match is None:
-            break  # CUDA stops at the first invalid entry
-        out.append(dict(match, cuda_index=cuda_index))
-    return out
-
-
 class VramCheck(Check):
     name = "vram"
     description = "GPUs (NVML), host RAM and /dev/shm for offloading, and which plan fits each stage"
@@ -58,10 +43,11 @@ class VramCheck(Check):
     needs_live_target = False
 
     def run(self, ctx: Context) -> list[Finding]:
+        split_resolution(ctx.options.extra.get("resolution"))  # a bad --resolution is exit 2 even with no GPU
         snap = nvml.snapshot()
         findings = self._host(ctx)
         budget_override = ctx.options.extra.get("budget")
-        gpus = visible_gpus(snap) if snap.get("available") else []
+        gpus = snapshot_gpus(snap)
         if not snap.get("available"):
             findings.insert(0, Finding("vram.no-gpu", Severity.SKIP if budget_override is None else Severity.INFO,
                                        "no NVIDIA driver: GPU memory not measured",
@@ -73,15 +59,10 @@ class VramCheck(Check):
                                     "CUDA_VISIBLE_DEVICES hides every GPU NVML sees",
                                     evidence={"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                               "gpus": [g["index"] for g in snap.get("gpus", [])]}))
-        best = max(gpus, key=lambda g: g["memory_free"], default=None)
-        if budget_override is not None:
-            budget, gpu = int(budget_override), dict(best or {}, name=(best or {}).get("name", "planned card"))
-            basis = "--budget"
-        elif best is not None:
-            budget, gpu, basis = best["memory_free"] - CONTEXT_BYTES, best, f"free memory of GPU {best['cuda_index']}"
-        else:
+        budget = choose_budget(budget_override, gpus)
+        if budget is None:
             return findings
-        findings += self._stages(ctx, gpu, budget, basis)
+        findings += self._stages(ctx, budget)
         return findings
 
     def _host(self, ctx: Context) -> list[Finding]:
@@ -93,7 +74,7 @@ class VramCheck(Check):
             ev["cgroup_limit"] = limit
         usable = min(vm.available, limit) if limit else vm.available
         need = max((int(s.get("transformer_bytes", 0)) + int(s.get("text_encoder_bytes", 0))
-                    for s in ctx.profile.stages.values()), default=0)
+                    for s in ctx.profile.stages.values() if not s.get("host_lazy")), default=0)
         if need and usable < need:
             out.append(Finding(
                 "vram.host-ram-low", Severity.WARN,
@@ -135,28 +116,23 @@ class VramCheck(Check):
                 "from inside a container); the plan uses what is free", evidence=ev))
         return out
 
-    def _stages(self, ctx: Context, gpu: dict[str, Any], budget: int, basis: str) -> list[Finding]:
+    def _stages(self, ctx: Context, budget: Budget) -> list[Finding]:
+        """One finding per wanted stage, from `stage_plan` (the plan `m3d-doctor run` would use)."""
         out = []
         wanted = ctx.options.extra.get("stages") or list(ctx.profile.stages)
         for name in wanted:
-            stage = ctx.profile.stages.get(name)
-            if stage is None:
+            if name not in ctx.profile.stages:
                 continue
-            files = self._weights(ctx, stage)
-            model, source = stage_model(name, stage, files)
-            h, w = resolution(stage, ctx.options.extra.get("resolution") if name == "pano" or
-                              str(ctx.options.extra.get("resolution", "")).isdigit() else None)
-            device = device_for(gpu, budget)
-            plan = plan_stage(model, device, h, w)
-            ev = {"stage": name, "resolution": [h, w], "budget": budget, "budget_basis": basis,
-                  "gpu": gpu.get("name"), "sizes_from": source, "plan": plan.to_dict()}
+            sp = stage_plan(ctx, name, budget=budget, locate=locate)
+            plan, ev = sp.plan, sp.evidence()
+            out += self._host_for_plan(sp)
             peak = f"{plan.predicted_peak / GiB:.1f} GiB"
-            label = f"{name} at {h}x{w}"
+            label = f"{name} at {sp.height}x{sp.width}"
             if plan.mode == "resident" and plan.fits:
                 out.append(Finding("vram.stage-fits", Severity.OK, f"{label}: fits resident (peak {peak})",
                                    evidence=ev))
             elif plan.fits:
-                known = plan.predicted_step_s is not None and plan.predicted_slowdown != float("inf")
+                known = plan.predicted_step_s is not None and not ev["plan"]["slowdown_unknown"]
                 slow = f", ~{plan.predicted_slowdown:.2f}x resident" if known else ""
                 out.append(Finding(
                     "vram.stage-needs-plan", Severity.INFO,
@@ -167,26 +143,31 @@ class VramCheck(Check):
             else:
                 out.append(Finding(
                     "vram.stage-does-not-fit", Severity.FAIL,
-                    f"{label}: does not fit in {budget / GiB:.1f} GiB even streaming every block (peak {peak})",
+                    f"{label}: does not fit in {sp.budget / GiB:.1f} GiB even streaming every block (peak {peak})",
                     cause="activations alone exceed the budget at this resolution", evidence=ev,
                     remedy=Remedy("m3d-doctor run --resolution 480 ..." if name == "video" else
                                   "use a lower resolution or a larger GPU")))
         return out
 
-    def _weights(self, ctx: Context, stage: dict[str, Any]) -> list[Path]:
-        """The stage's transformer shards, if on disk: their headers give the real block sizes."""
-        out = []
-        for model in ctx.profile.models:
-            if model.repo != stage.get("model"):
-                continue
-            for f in model.files:
-                weights = "transformer/" in f.path or "diffusion_pytorch_model" in f.path
-                if f.path.endswith(".safetensors") and weights:
-                    path, _ = locate(ctx, model, f)
-                    if path is None:
-                        return []
-                    out.append(path)
-        return out
+    def _host_for_plan(self, sp: Any) -> list[Finding]:
+        """A lazily loaded stage (video) holds its streamed blocks pinned in host RAM: refuse a plan the host
+        cannot hold, with the numbers (the kernel would kill the run mid-load otherwise)."""
+        need = sp.plan.host_peak
+        if not need or not sp.plan.fits:
+            return []
+        vm = psutil.virtual_memory()
+        limit = cgroup_memory_limit()
+        usable = min(vm.available, limit) if limit else vm.available
+        if usable >= need:
+            return []
+        return [Finding(
+            "vram.host-ram-short", Severity.FAIL,
+            f"{sp.stage}: its plan needs {need / GiB:.1f} GiB of host RAM, {usable / GiB:.1f} GiB is usable",
+            cause=f"{sp.plan.streamed_blocks} streamed blocks live in pinned host memory, beside the encoders "
+                  "while they load; short of it the kernel kills the run",
+            evidence={"stage": sp.stage, "host_needed": need, "host_usable": usable, "cgroup_limit": limit,
+                      "streamed_blocks": sp.plan.streamed_blocks},
+            remedy=Remedy("a pod with more RAM, or a GPU with more memory (fewer blocks streamed)"))]
 
 
 CHECK = VramCheck()

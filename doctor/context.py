@@ -43,6 +43,19 @@ class Context:
         self._guard = threading.Lock()
         self.cache_hits: set[str] = set()
 
+    def video_resolution(self) -> Optional[str]:
+        """The named video resolution this run is about: `--resolution 480|720`, else the profile's default."""
+        from .stages import split_resolution
+
+        _hw, name = split_resolution(self.options.extra.get("resolution"))
+        return name or (str(self.profile.stages.get("video", {}).get("resolution", "")) or None)
+
+    def models(self) -> tuple[Any, ...]:
+        """The profile's models this run needs: a model tagged for another video resolution (the 480P and 720P
+        repos, their LoRAs) is left out, so checks, downloads and disk plans cover one resolution, as a run does."""
+        res = self.video_resolution()
+        return tuple(m for m in self.profile.models if m.resolution is None or res is None or m.resolution == res)
+
     def fact(self, key: str, produce: Callable[[], Any], persist: bool = False, salt: str = "") -> Any:
         """Compute `key` once per run; with `persist`, reuse it across runs while the fingerprint holds."""
         with self._guard:

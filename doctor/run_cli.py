@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import runflow, upstream
-from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, UsageError
+from .errors import EXIT_COULD_NOT_RUN, EXIT_FAIL, EXIT_OK, DoctorError, UsageError
 from .runflow import STAGES, StageSpec
-from .units import parse_size
+
+if TYPE_CHECKING:
+    from .stages import StagePlan
 
 
 def add_parsers(sub: Any, target_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -30,6 +32,14 @@ def add_parsers(sub: Any, target_options: Callable[[argparse.ArgumentParser], No
     r.add_argument("--auto-downshift", action="store_true", help="retry the video at 480p when 720p runs out of memory")
     r.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     r.add_argument("--steps", type=int, default=50, help="panorama denoising steps")
+    r.add_argument("--video-steps", type=int, default=50, help="video denoising steps (upstream: 50)")
+    r.add_argument("--angle", type=float, default=0.0, help="video: azimuth of the camera movement (upstream's)")
+    r.add_argument("--movement-range", type=float, default=0.6, help="video: relative movement range, 0-0.8")
+    r.add_argument("--movement-mode", default="straight", choices=["straight", "s_curve", "l_curve", "r_curve"],
+                   help="video: shape of the camera rail")
+    r.add_argument("--camera-json", default=None, metavar="FILE", help="video: a predefined camera rail (JSON)")
+    r.add_argument("--video-frames", type=int, default=81, help=argparse.SUPPRESS)  # selftests on tiny models
+    r.add_argument("--video-size", default=None, help=argparse.SUPPRESS)  # WxH, selftests on tiny models
     r.add_argument("--height", type=int, default=512, help="panorama height")
     r.add_argument("--width", type=int, default=1024, help="panorama width")
     r.add_argument("--pano-base", default=None,
@@ -54,12 +64,15 @@ def _stages(text: str) -> list[str]:
 
 
 def _resolution(value: Optional[str]) -> int:
-    """`--resolution` (shared with check/gate) for a run: the video/scene resolution, 480 or 720 (default)."""
-    if value in (None, ""):
-        return 720
-    if str(value) not in ("480", "720"):
-        raise UsageError(f"--resolution {value}: a run takes 480 or 720 (the panorama size is --height/--width)")
-    return int(value)
+    """`--resolution` (shared with check/gate, see doctor/stages.py) for a run: only the named video/scene
+    resolution, 480 or 720 (default 720, upstream's); the panorama size is --height/--width."""
+    from .stages import RUN_VIDEO_DEFAULT, VIDEO_RESOLUTIONS
+
+    text = RUN_VIDEO_DEFAULT if value in (None, "") else str(value).strip()
+    if text not in VIDEO_RESOLUTIONS:
+        raise UsageError(f"--resolution {value}: a run takes 480 or 720 (the video resolution); "
+                         "set the panorama size with --height/--width")
+    return int(text)
 
 
 def _gpu_count() -> int:
@@ -69,37 +82,94 @@ def _gpu_count() -> int:
     return len(snap.get("gpus") or []) if snap.get("available") else 0
 
 
-def _pano_plan(args: argparse.Namespace, lora: Optional[Path]) -> dict[str, Any]:
-    from . import planner, stages
+def _stage_plan(ctx: Any, name: str, **kw: Any) -> StagePlan:
+    """`stages.stage_plan` with the local weights located as the vram check locates them, so a run plans with
+    the numbers `check vram` reports; `kw` as stage_plan's (resolution, hw, budget, gpu, lora_bytes)."""
+    from m3d_doctor.checks.checkpoints import locate
 
-    gpus: list[dict[str, Any]] = []
+    from .stages import stage_plan
+
+    return stage_plan(ctx, name, locate=locate, **kw)
+
+
+def _pano_plan(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
+    """The panorama plan handed to the runtime: the vram check's plan (`stage_plan`) at --height x --width, in
+    strict JSON, with `budget_bytes`; on the CPU everything stays in host memory."""
     if args.device == "cpu":
         return {"mode": "resident", "fits": True, "streamed_indices": [], "vae_tile": None,
                 "notes": ["cpu: everything in host memory"]}
-    if args.budget:
-        budget = parse_size(args.budget, "--budget")  # the same units as every other command
-    else:
-        from .nvml import snapshot
-
-        gpus = snapshot().get("gpus") or []
-        budget = int(gpus[0]["memory_free"]) if gpus else 0
-    lora_bytes = lora.stat().st_size if lora and lora.exists() else 0
-    device = stages.device_for(gpus[0] if gpus else {}, budget)
-    plan = planner.plan_stage(stages.pano_model(lora_bytes), device, args.height, args.width).to_dict()
-    plan["budget_bytes"] = budget
-    return plan
+    sp = _stage_plan(ctx, "pano", hw=(args.height, args.width))
+    return {**sp.plan_dict(), "budget_bytes": sp.budget}
 
 
 def _lora(ctx: Any) -> Optional[Path]:
+    """The panorama LoRA on disk, or None (the file `stage_plan` sizes the plan with)."""
+    from m3d_doctor.checks.checkpoints import locate
+
+    from .stages import stage_lora
+
+    return stage_lora(ctx, "pano", locate)
+
+
+class MissingInputs(DoctorError):
+    """A stage's input files are not there: nothing can run; exit 1 (a failure was found), one line."""
+
+    exit_code = EXIT_FAIL
+
+
+def _located(ctx: Any, repo: str, path: str, resolution: Optional[str] = None) -> Optional[Path]:
+    """Where the checkpoints check finds this profile file (override, HF cache, checkout), or None."""
     from m3d_doctor.checks.checkpoints import locate
 
     for model in ctx.profile.models:
-        if model.stage == "pano" and model.layout == "lora":
+        if model.repo == repo and (model.resolution in (None, resolution)):
             for f in model.files:
-                path, _where = locate(ctx, model, f)
-                if path is not None:
-                    return path
+                if f.path == path:
+                    return locate(ctx, model, f)[0]
     return None
+
+
+def video_inputs(ctx: Any, root: Path, res: int) -> upstream.VideoInputs:
+    """The files the native video stage reads, found where the checkpoints check finds them (so `check` and
+    `run` agree), falling back to upstream's checkout layout for what is nowhere."""
+    name = str(res)
+    repo = f"Wan-AI/Wan2.1-I2V-14B-{res}P"
+    shard = _located(ctx, repo, upstream.VIDEO_SHARDS[0], name)
+    base = upstream.VideoInputs.in_checkout(root, res, model_dir=shard.parent if shard else None)
+    lora = _located(ctx, "Skywork/Matrix-3D", f"checkpoints/{Path(upstream.VIDEO_LORA[res]).name}", name)
+    moge = _located(ctx, "Ruicheng/moge-vitl", "model.pt")
+    return upstream.VideoInputs(base.root, res, base.shards, base.t5, base.clip, base.vae, base.tokenizer,
+                                lora or base.lora, moge or base.moge)
+
+
+def _video_spec(args: argparse.Namespace, ctx: Any, root: Path, stage_dir: Path, res: int) -> StageSpec:
+    """The native video stage (m3d_doctor.runtime.video) at `res`, placed by the plan `check vram` reports for
+    it (`stage_plan`, one source of truth); on the CPU everything stays in host memory."""
+    version = upstream.video_version(root)
+    inputs = video_inputs(ctx, root, res)
+    if args.device == "cpu":
+        plan = {"mode": "resident", "fits": True, "streamed_indices": [], "notes": ["cpu: host memory"]}
+    else:
+        sp = _stage_plan(ctx, "video", resolution=str(res))
+        plan = {**sp.plan_dict(), "budget_bytes": sp.budget}
+    plan.update(resolution=res, upstream=version, native=True)
+    if version == "later":
+        plan["notes"] = [*plan.get("notes", []), "later upstream: the Wan2.1-14B path (--use_5b_model's Wan2.2 "
+                         "5B path is not native yet)"]
+    missing = inputs.problems()
+    if missing:
+        plan["missing"] = missing
+    cmd = [ctx.target.python, "-m", "m3d_doctor.runtime.video", "run", "--inputs-json",
+           json.dumps(inputs.to_dict()), "--plan-json", json.dumps(plan), "--out", str(stage_dir),
+           "--seed", str(args.seed), "--steps", str(args.video_steps), "--device", args.device,
+           "--angle", str(args.angle), "--movement-range", str(args.movement_range),
+           "--movement-mode", args.movement_mode, "--json-path", args.camera_json or "",
+           "--frames", str(args.video_frames)]
+    if args.video_size:
+        cmd += ["--size", args.video_size]
+    return StageSpec("video", cmd, Path(args.out).resolve(), runflow.OUTPUTS["video"],
+                     env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}, plan=plan,
+                     json_progress=True, total=args.video_steps)
 
 
 def build_specs(args: argparse.Namespace, ctx: Any, stages: list[str]) -> list[StageSpec]:
@@ -125,7 +195,7 @@ def build_specs(args: argparse.Namespace, ctx: Any, stages: list[str]) -> list[S
             raise UsageError("the pano stage needs --prompt, or --image for upstream's image -> panorama mode")
         source = resolve_source((ctx.options.extra.get("checkpoints") or {}).get(FLUX_REPO), args.pano_base)
         lora = _lora(ctx)
-        plan = _pano_plan(args, lora)
+        plan = _pano_plan(args, ctx)
         cmd = [python, "-m", "m3d_doctor.runtime.pano", "--source-json", json.dumps(source.to_dict()),
                "--plan-json", json.dumps(plan), "--prompt", args.prompt, "--out", str(stage_dir),
                "--seed", str(args.seed), "--steps", str(args.steps), "--height", str(args.height),
@@ -139,16 +209,10 @@ def build_specs(args: argparse.Namespace, ctx: Any, stages: list[str]) -> list[S
                          json_progress=True, total=args.steps)
         specs.append(spec)
     if "video" in stages:
-        def video(res: int) -> StageSpec:
-            cmd = upstream.video_command(root, stage_dir, res, args.seed, _gpu_count() or 1)
-            torchrun = Path(python).parent / "torchrun"
-            cmd = ([str(torchrun)] if torchrun.exists() else [python, "-m", "torch.distributed.run"]) + cmd[1:]
-            return StageSpec("video", cmd, root, runflow.OUTPUTS["video"],
-                             env={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
-                             plan={"resolution": res, "nproc_per_node": int(cmd[cmd.index("--nproc_per_node") + 1])})
-        spec = video(args.resolution)
+        spec = _video_spec(args, ctx, root, stage_dir, args.resolution)
         if args.resolution == 720:
-            spec.retry_480 = video(480)
+            retry = _video_spec(args, ctx, root, stage_dir, 480)
+            spec.retry_480 = retry if not retry.plan.get("missing") else None
         specs.append(spec)
     if "scene" in stages:
         lrm = args.scene_mode == "lrm"
@@ -169,11 +233,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0 or (flag != "steps" and getattr(args, flag) % 16):
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be positive" +
                              ("" if flag == "steps" else " and a multiple of 16"))
+    if args.video_steps <= 0 or args.video_frames % 4 != 1:
+        raise UsageError("--video-steps must be positive and --video-frames 4k+1 (upstream: 50 steps, 81 frames)")
+    if not 0.0 <= args.movement_range <= 0.8:
+        raise UsageError(f"--movement-range {args.movement_range}: upstream takes 0 to 0.8")
+    if args.camera_json and not Path(args.camera_json).is_file():
+        raise UsageError(f"--camera-json {args.camera_json}: no such file")
+    _writable_out(Path(args.out))
     args.dtype = None
     ctx = build_context(args, list(discover_checks().values()))
+    # the preflight's vram check plans what this run runs: video/scene at the name, the panorama at its size
+    ctx.options.extra["resolution"] = str(args.resolution)
+    ctx.options.extra["stage_sizes"] = {"pano": (args.height, args.width)}
     specs = build_specs(args, ctx, stages)
     if args.dry_run:
         return _print_dry_run(specs, args.json)
+    out = Path(args.out).resolve()
+    manifest = runflow.Manifest(out) if out.is_dir() else None  # a finished stage needs no inputs any more
+    for spec in specs:
+        missing = (spec.plan or {}).get("missing")
+        if missing and not (manifest is not None and runflow.finished(out, manifest, spec)):
+            more = f" (and {len(missing) - 1} more: --dry-run lists them)" if len(missing) > 1 else ""
+            raise MissingInputs(f"stage {spec.name} cannot start: {missing[0]}{more}")
     if not args.force:
         bad = runflow.preflight(ctx, stages)
         if bad:
@@ -187,6 +268,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                                           "height": args.height, "width": args.width, "device": args.device},
             "python": ctx.target.python, "versions": _versions(ctx), "started": __import__("time").time()}
     return runflow.execute(specs, Path(args.out).resolve(), meta, auto_downshift=args.auto_downshift)
+
+
+def _writable_out(out: Path) -> None:
+    """`--out` must be a folder this user can write (or one that can be made): checked before any work, so a
+    typo or a read-only volume is one line and exit 2, not a traceback minutes later."""
+    import os
+
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"--out {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable by this user")
 
 
 def _versions(ctx: Any) -> dict[str, Any]:

@@ -26,7 +26,12 @@ from .findings import Finding, Severity
 from .secrets import redact
 
 STAGES = ("pano", "video", "scene")
-OUTPUTS = {"pano": ("pano_img.jpg", "prompt.txt"), "video": ("pano_video.mp4", "pano_video_cam.json"),
+# what each stage must leave in the case folder before it counts as done; the video stage's list is everything
+# upstream's video script writes that the 3D stage reads (condition/*, generated/generated.mp4)
+OUTPUTS = {"pano": ("pano_img.jpg", "prompt.txt"),
+           "video": ("pano_video.mp4", "pano_video_cam.json", "generated/generated.mp4", "condition/rendered_rgb.mp4",
+                     "condition/rendered_mask.mp4", "condition/firstframe_rgb.png", "condition/firstframe_depth.exr",
+                     "condition/firstframe_mask.png", "condition/cameras.npz"),
            "scene": ("generated_3dgs_opt.ply",), "scene-lrm": ("lrm",)}
 
 

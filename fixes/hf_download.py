@@ -27,7 +27,7 @@ class HfDownload(Fix):
 
     def _missing(self, ctx: Context) -> dict[str, list]:
         out: dict[str, list] = {}
-        for model in ctx.profile.models:
+        for model in ctx.models():
             for f in model.files:
                 path, _where = locate(ctx, model, f)
                 if path is None:

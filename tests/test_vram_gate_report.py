@@ -57,8 +57,15 @@ def test_a_24gb_card_gets_a_plan_and_foreign_memory_is_flagged(doctor, tmp_path)
     assert "cannot see" in foreign["title"]
 
 
-def test_video_720_does_not_fit_a_24gb_card(doctor, tmp_path):
+def test_video_720_fits_a_24gb_card_with_a_streaming_plan(doctor, tmp_path):
     run = doctor("check", "vram", "--stage", "video", "--resolution", "720", "--json", env=replay(tmp_path, rtx4090))
+    (f,) = run.findings("vram.stage-needs-plan")
+    assert "video at 720x1440: fits with plan 'partial'" in f["title"]
+    assert f["evidence"]["plan"]["host_peak_bytes"] > 0
+
+
+def test_video_does_not_fit_a_small_budget_and_says_480(doctor, tmp_path):
+    run = doctor("check", "vram", "--stage", "video", "--resolution", "720", "--budget", "8GiB", "--json")
     assert run.rc == 1
     (f,) = run.findings("vram.stage-does-not-fit")
     assert f["remedy"]["command"].startswith("m3d-doctor run --resolution 480")

@@ -382,10 +382,7 @@ class Phases:
             self._drop("image_encoder")
             self.pipe.vae.to(dev)  # the planner keeps the VAE on the GPU while denoising
             self.dit.materialise(dev, self.streamed)
-            if self.streamed:
-                from m3d_doctor.runtime.residency import PartialResidency
-
-                self.residency = PartialResidency(self.dit.model.blocks, sorted(self.streamed), dev).apply()
+            self.residency = place_dit(self.dit.model, self.streamed, dev)
             self._close_phase("denoise")
             self.guard = no_math_attention(dev)
             self.guard.__enter__()
@@ -401,6 +398,23 @@ class Phases:
             self.pipe.vae.to(dev)
         else:
             self._close_phase("end")
+
+
+def place_dit(dit: torch.nn.Module, streamed: set[int], device: torch.device) -> Any:
+    """The DiT per plan: every non-block module and the resident blocks on `device`, the streamed blocks in
+    pinned host memory behind `PartialResidency` (two GPU slots, prefetched on a side stream). Returns the
+    residency (None when nothing streams). The benchmark places its in-memory model through this same call."""
+    for name, child in dit.named_children():
+        if name != "blocks":
+            child.to(device)
+    for i, block in enumerate(dit.blocks):
+        if i not in streamed:
+            block.to(device)
+    if not streamed:
+        return None
+    from m3d_doctor.runtime.residency import PartialResidency
+
+    return PartialResidency(dit.blocks, sorted(streamed), device).apply()
 
 
 def no_math_attention(device: torch.device) -> Any:
