@@ -9,7 +9,10 @@ real Wan VAE kept on the GPU as the stage keeps it — and upstream's own `model
 forward its `__call__` runs twice per step) on 21 latent frames at 480x960 and 720x1440, it times one forward
 (median of `--forwards` after a warm-up) for each placement, in one process:
 
-* `resident`: the whole DiT on the GPU (upstream's `num_persistent_param_in_dit=None`), no cap;
+* `resident-upstream`: the whole DiT on the GPU (upstream's `num_persistent_param_in_dit=None`), upstream's
+  code exactly, no cap: the reference for speed and for the output;
+* `resident`: the same with the stage's one exact change to upstream's math, RoPE in sequence slices
+  (`install_chunked_rope`), which the remaining placements use too;
 * `plan-24GiB` / `plan-16GiB`: the planner's plan for that budget, placed by the runtime's own code
   (`m3d_doctor.runtime.video.place_dit`: PartialResidency for the streamed blocks), the allocator capped at
   the budget with `torch.cuda.set_per_process_memory_fraction`;
@@ -116,7 +119,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--res", default="480,720")
     ap.add_argument("--forwards", type=int, default=2)
-    ap.add_argument("--placements", default="resident,plan-24GiB,plan-16GiB,diffsynth-0")
+    ap.add_argument("--placements", default="resident-upstream,resident,plan-24GiB,plan-16GiB,diffsynth-0")
     a = ap.parse_args()
     _doctor_importable()
     from m3d_doctor.runtime import video
@@ -146,7 +149,15 @@ def main() -> int:
         order += [(int(r), "diffsynth-0") for r in a.res.split(",")]
     refs: dict[int, torch.Tensor] = {}
     wrapped = False
+    dit_module = sys.modules[WanModel.__module__]
+    undo_rope = None
     for res, placement in order:
+        if placement == "resident-upstream":  # upstream's code exactly: the reference for speed and output
+            if undo_rope is not None:
+                undo_rope()
+                undo_rope = None
+        elif undo_rope is None:  # what the stage runs: RoPE in sequence slices (runtime.video.install_chunked_rope)
+            undo_rope = video.install_chunked_rope(dit_module)
         inp = inputs(res, dev)
         for n, p in dit.named_parameters():
             if not wrapped:
@@ -158,11 +169,17 @@ def main() -> int:
         if placement.startswith("plan-"):
             budget = int(float(placement[5:-3]) * GiB)
             plan = plan_for(budget, res)
+            if not plan["fits"]:  # the planner refuses it: so does the stage (and the gate)
+                rec = {"res": res, "placement": placement, "seconds_per_forward": None, "refused": True,
+                       "plan": {k: plan[k] for k in ("mode", "predicted_peak_gib", "predicted_reserved_gib")}}
+                results["runs"].append(rec)
+                print(json.dumps(rec), flush=True)
+                continue
             torch.cuda.set_per_process_memory_fraction(budget / total, dev)
         torch.cuda.reset_peak_memory_stats(dev)
         base_alloc = torch.cuda.memory_allocated(dev)
         t = time.perf_counter()
-        if placement == "resident":
+        if placement in ("resident", "resident-upstream"):
             dit.to(dev)
         elif placement == "diffsynth-0":
             if not wrapped:
@@ -191,10 +208,10 @@ def main() -> int:
                "host_rss_gib_after_placement": round(host / GiB, 2), "error": err}
         if plan is not None:
             rec["plan"] = {k: plan[k] for k in ("mode", "streamed_blocks", "predicted_peak_gib",
-                                                  "phase_peaks_gib", "host_peak_gib")}
+                                                  "predicted_reserved_gib", "phase_peaks_gib", "host_peak_gib")}
             rec["pinned_gib"] = round(residency.streamed_bytes / GiB, 2) if residency else 0.0
         if out is not None:
-            if placement == "resident":
+            if placement == "resident-upstream" or (placement == "resident" and res not in refs):
                 refs[res] = out.float().cpu()
             if res in refs:
                 rec["equal_to_resident"] = bool(torch.equal(out.float().cpu(), refs[res]))
@@ -209,11 +226,12 @@ def main() -> int:
         out = None
         torch.cuda.empty_cache()
     base = {r["res"]: r["seconds_per_forward"] for r in results["runs"] if r["placement"] == "resident"}
+    base.update({r["res"]: r["seconds_per_forward"] for r in results["runs"] if r["placement"] == "resident-upstream"})
     for r in results["runs"]:
         if r["seconds_per_forward"] and base.get(r["res"]):
             r["x_resident"] = round(r["seconds_per_forward"] / base[r["res"]], 3)
     Path(a.out).write_text(json.dumps(results, indent=1))
-    print(json.dumps({"summary": [(r["res"], r["placement"], r.get("x_resident"), r["peak_reserved_gib"],
+    print(json.dumps({"summary": [(r["res"], r["placement"], r.get("x_resident"), r.get("peak_reserved_gib"),
                                    r.get("equal_to_resident")) for r in results["runs"]]}))
     return 0
 

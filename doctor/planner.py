@@ -50,6 +50,10 @@ class StageModel:
     host_lazy: bool = False  # weights are materialised lazily: host RAM = encoders, then the streamed blocks
     host_encoder_bytes: int = 0  # what the encoders hold in host RAM while loading (file transients included)
     host_base: int = 0  # the process itself (torch, CUDA context, page tables)
+    # caching-allocator slack above the allocated peak while denoising, bytes per token (reserved - allocated,
+    # with expandable_segments): a plan must fit reserved memory, or the allocator frees and re-maps under the
+    # cap every forward (measured: 720p at 0.2 GiB of headroom ran 1.10x resident, at 2 GiB 1.00x)
+    alloc_slack_per_token: float = 0.0
 
     @property
     def transformer_bytes(self) -> int:
@@ -63,6 +67,9 @@ class StageModel:
     def activations(self, height: int, width: int) -> int:
         n = self.tokens(height, width)
         return int(self.act_base + self.act_per_token * n + self.act_per_token2 * n * n)
+
+    def alloc_slack(self, height: int, width: int) -> int:
+        return int(self.alloc_slack_per_token * self.tokens(height, width))
 
     def encode_peaks(self, height: int, width: int) -> list[int]:
         """GPU bytes of each sequential encode phase (video), or of the single one (image stages)."""
@@ -98,6 +105,7 @@ class Plan:
     predicted_slowdown: float = 1.0
     notes: list[str] = field(default_factory=list)
     host_peak: Optional[int] = None  # host RAM the plan needs (lazily loaded stages), bytes
+    predicted_reserved: int = 0  # the allocator's reserved peak (allocated + slack): what must fit the budget
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "fits": self.fits, "streamed_blocks": self.streamed_blocks,
@@ -105,6 +113,7 @@ class Plan:
                 "resident_blocks": self.resident_blocks, "vae_tile": self.vae_tile,
                 "predicted_peak_bytes": self.predicted_peak,
                 "predicted_peak_gib": round(self.predicted_peak / GiB, 2),
+                "predicted_reserved_gib": round(self.predicted_reserved / GiB, 2),
                 "phase_peaks_gib": {k: round(v / GiB, 2) for k, v in self.phase_peaks.items()},
                 "predicted_step_s": None if self.predicted_step_s is None else round(self.predicted_step_s, 4),
                 # strict JSON: an unknown (infinite) slowdown is null, never `Infinity`
@@ -135,6 +144,7 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
                margin: int = SAFETY_MARGIN) -> Plan:
     budget = device.budget_bytes - margin
     act = model.activations(height, width)
+    slack = model.alloc_slack(height, width)
     flops = model.step_flops(height, width)
     compute_s = flops / (device.tflops * 1e12) if device.tflops and flops else None
     encode = model.encode_peaks(height, width)
@@ -153,7 +163,8 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
         plan.vae_tile = tile
         plan.phase_peaks = {**dict(zip(encode_names, encode)), "denoise": denoise, "decode": decode}
         plan.predicted_peak = max(plan.phase_peaks.values())
-        plan.fits = plan.predicted_peak <= budget
+        plan.predicted_reserved = max(plan.predicted_peak, denoise + slack)
+        plan.fits = plan.predicted_reserved <= budget
         plan.notes = notes + plan.notes
         if model.host_lazy:
             streamed = sum(model.block_bytes[i] for i in plan.streamed_indices)
@@ -164,7 +175,7 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
 
     blocks = list(model.block_bytes)
     total = model.transformer_bytes
-    if total + act <= budget:
+    if total + act + slack <= budget:
         p = finish(Plan("resident", True, resident_blocks=len(blocks), predicted_step_s=compute_s), total, 0)
         if p.fits:
             return p
@@ -175,7 +186,7 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
         streamed_bytes = sum(blocks[i] for i in idx)
         slot = max(blocks[i] for i in idx)
         resident = total - streamed_bytes
-        if resident + SLOTS * slot + act > budget:
+        if resident + SLOTS * slot + act + slack > budget:
             continue
         step = None
         slowdown = 1.0

@@ -143,6 +143,7 @@ def stage_model(stage_name: str, stage: dict[str, Any],
         encode_phases=tuple((int(w), int(a), float(px)) for w, a, px in stage.get("encode_phases", ())),
         decode_act=int(stage.get("decode_act", 0)), host_lazy=bool(stage.get("host_lazy", False)),
         host_encoder_bytes=int(stage.get("host_encoder_bytes", 0)), host_base=int(stage.get("host_base", 0)),
+        alloc_slack_per_token=float(stage.get("alloc_slack_per_token", 0)),
     ), source
 
 
