@@ -1,6 +1,6 @@
-"""`m3d-doctor run` and `selftest`: the upstream adapter against a fake Matrix-3D tree written here (scripts
-with their own argparse that write the outputs the real ones write: the real scripts need GPUs and 80 GB of
-weights), resume and interruption, and the native panorama stage on a real tiny FLUX pipeline (random
+"""`m3d-doctor run` and `selftest`: the upstream adapter against a fake Matrix-3D tree written here (the 3D
+stage's script with its own argparse, writing what the real one writes: the real one needs GPUs and weights;
+the native video stage has its own tests in test_video_stage.py), resume and interruption, and the native panorama stage on a real tiny FLUX pipeline (random
 weights, built locally, saved with save_pretrained) in a real venv with torch + diffusers."""
 
 from __future__ import annotations
@@ -22,27 +22,18 @@ from m3d_doctor.pano_sources import resolve_source
 RUNNER = [[LOCAL_TORCH, "diffusers==0.42.1", "transformers==5.24.0", "accelerate==1.15.0", "tokenizers",
            "sentencepiece", "protobuf", "safetensors", "pillow", "numpy"]]
 
-VIDEO = '''import argparse, json, os, time
-p = argparse.ArgumentParser()
-p.add_argument("--seed", type=int, default=0)
-p.add_argument("--resolution", type=int, default=720)
-p.add_argument("--inout_dir", type=str, default="./output/example1")
-a = p.parse_args()
-assert os.path.exists(os.path.join(a.inout_dir, "pano_img.jpg")) and os.path.exists("checkpoints")
-open(os.path.join(a.inout_dir, "pano_video.mp4"), "w").write("partial")
-if os.environ.get("FAKE_HANG"):
-    time.sleep(120)
-json.dump([[1]], open(os.path.join(a.inout_dir, "pano_video_cam.json"), "w"))
-print("video", a.resolution, a.seed)
-'''
-SCENE = '''import argparse, os
+SCENE = '''import argparse, os, time
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", type=str, default="cuda:0")
 parser.add_argument("--inout_dir", type=str, default="./output/example1")
 parser.add_argument("--resolution", type=int, default=720)
 a = parser.parse_args()
-assert os.path.exists(os.path.join(a.inout_dir, "pano_video.mp4"))
+assert os.path.exists(os.path.join(a.inout_dir, "pano_video.mp4")) and os.path.exists("checkpoints")
+open(os.path.join(a.inout_dir, "generated_3dgs_opt.ply"), "w").write("partial")
+if os.environ.get("FAKE_HANG"):
+    time.sleep(120)
 open(os.path.join(a.inout_dir, "generated_3dgs_opt.ply"), "w").write("ply")
+print("scene", a.resolution, a.device)
 '''
 
 
@@ -56,7 +47,6 @@ def fake_root(tmp_path) -> Path:
     root = tmp_path / "Matrix-3D"
     (root / "code").mkdir(parents=True)
     (root / "checkpoints").mkdir()
-    (root / upstream.VIDEO_SCRIPT).write_text(VIDEO)
     (root / upstream.SCENE_SCRIPT).write_text(SCENE)
     return root
 
@@ -67,11 +57,12 @@ def case(tmp_path) -> Path:
     out.mkdir()
     (out / "pano_img.jpg").write_bytes(b"jpg")
     (out / "prompt.txt").write_text("a lake")
+    (out / "pano_video.mp4").write_bytes(b"mp4")  # what the (native) video stage leaves for the scene stage
     return out
 
 
 def _run_args(root: Path, out: Path, python: Path, *extra: str) -> list[str]:
-    return ["run", "--stages", "video,scene", "--out", str(out), "--matrix3d-root", str(root), "--python",
+    return ["run", "--stages", "scene", "--out", str(out), "--matrix3d-root", str(root), "--python",
             str(python), "--force", "--device", "cpu", "--resolution", "480", *extra]
 
 
@@ -89,39 +80,36 @@ def test_adapter_reads_real_upstream_options(tmp_path):
 
 
 def test_drift_refuses_before_launch_naming_the_option(doctor, fake_root, case, runner_venv):
-    (fake_root / upstream.VIDEO_SCRIPT).write_text(VIDEO.replace('p.add_argument("--seed", type=int, default=0)\n', ""))
-    r = doctor(*_run_args(fake_root, case, runner_venv, "--seed", "3"))
+    (fake_root / upstream.SCENE_SCRIPT).write_text(SCENE.replace(
+        'parser.add_argument("--resolution", type=int, default=720)\n', ""))
+    r = doctor(*_run_args(fake_root, case, runner_venv))
     assert r.rc == 1, r.stderr
-    assert "no longer accepts --seed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not (case / "video.log").exists()
+    assert "no longer accepts --resolution" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (case / "scene.log").exists()
 
 
 def test_dry_run_prints_exact_commands(doctor, fake_root, case, runner_venv):
     r = doctor(*_run_args(fake_root, case, runner_venv, "--dry-run", "--json"))
     assert r.rc == 0, r.stderr
-    stages = {s["name"]: s for s in json.loads(r.stdout)["stages"]}
-    video = stages["video"]
-    assert video["cwd"] == str(fake_root.resolve())
-    assert "--nproc_per_node" in video["command"] and "code/panoramic_image_to_video.py" in video["command"]
-    assert "--resolution=480" in video["command"]
-    assert video["env"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-    assert "--inout_dir=" + str(case.resolve() / ".STAGE") in stages["scene"]["command"]
+    (scene,) = json.loads(r.stdout)["stages"]
+    assert scene["cwd"] == str(fake_root.resolve())
+    assert "--inout_dir=" + str(case.resolve() / ".STAGE") in scene["command"]
+    assert "--resolution=480" in scene["command"] and "--device=cpu" in scene["command"]
     text = doctor(*_run_args(fake_root, case, runner_venv, "--dry-run"))
-    assert text.rc == 0 and "torch" in text.stdout and "panoramic_video_to_3DScene.py" in text.stdout
+    assert text.rc == 0 and "panoramic_video_to_3DScene.py" in text.stdout
     assert not (case / "run.json").exists()
 
 
 def test_run_completes_then_resume_skips_finished_stages(doctor, fake_root, case, runner_venv):
     r = doctor(*_run_args(fake_root, case, runner_venv))
-    assert r.rc == 0, r.stderr + (case / "video.log").read_text()
-    assert (case / "pano_video.mp4").exists() and (case / "generated_3dgs_opt.ply").exists()
+    assert r.rc == 0, r.stderr + (case / "scene.log").read_text()
+    assert (case / "generated_3dgs_opt.ply").read_text() == "ply"
     manifest = json.loads((case / "run.json").read_text())
-    assert {k: v["status"] for k, v in manifest["stages"].items()} == {"video": "done", "scene": "done"}
-    assert "video 480 0" in (case / "video.log").read_text()
+    assert {k: v["status"] for k, v in manifest["stages"].items()} == {"scene": "done"}
+    assert "scene 480 cpu" in (case / "scene.log").read_text()
     assert not list(case.glob(".partial-*"))
     again = doctor(*_run_args(fake_root, case, runner_venv))
-    assert again.rc == 0
-    assert "video: already done, skipped" in again.stderr and "scene: already done, skipped" in again.stderr
+    assert again.rc == 0 and "scene: already done, skipped" in again.stderr
 
 
 def test_interrupted_stage_leaves_nothing_finished_and_rerun_completes(fake_root, case, runner_venv, tmp_path):
@@ -129,26 +117,27 @@ def test_interrupted_stage_leaves_nothing_finished_and_rerun_completes(fake_root
     env.update(FAKE_HANG="1", M3D_DOCTOR_CACHE_DIR=str(tmp_path / "dc"))
     p = subprocess.Popen([sys.executable, "-m", "m3d_doctor", *_run_args(fake_root, case, runner_venv)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = case / ".partial-scene" / "generated_3dgs_opt.ply"
     deadline = time.time() + 60
-    while time.time() < deadline and not (case / ".partial-video" / "pano_video.mp4").exists():
+    while time.time() < deadline and not partial.exists():
         time.sleep(0.2)
-    assert (case / ".partial-video" / "pano_video.mp4").exists(), "the fake video stage never started"
+    assert partial.exists(), "the fake scene stage never started"
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert not (case / "pano_video.mp4").exists()
-    assert json.loads((case / "run.json").read_text())["stages"]["video"]["status"] != "done"
+    assert not (case / "generated_3dgs_opt.ply").exists()
+    assert json.loads((case / "run.json").read_text())["stages"]["scene"]["status"] != "done"
     env.pop("FAKE_HANG")
     r = subprocess.run([sys.executable, "-m", "m3d_doctor", *_run_args(fake_root, case, runner_venv)], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert (case / "pano_video.mp4").read_text() == "partial" and (case / "generated_3dgs_opt.ply").exists()
+    assert (case / "generated_3dgs_opt.ply").read_text() == "ply"
 
 
 def test_preflight_refuses_without_force(doctor, fake_root, case, tiny_venv):
     args = [a for a in _run_args(fake_root, case, tiny_venv) if a != "--force"]
     r = doctor(*args, "--offline")
     assert r.rc == 1 and "run refused" in r.stderr
-    assert not (case / "video.log").exists()
+    assert not (case / "scene.log").exists()
 
 
 def test_pano_source_resolution(tmp_path):

@@ -163,3 +163,17 @@ def test_report_prometheus_parses_and_writes_atomically(doctor, tmp_path):
     free = families["m3d_gpu_memory_free_bytes"].samples[0]
     assert free.labels["name"] == "NVIDIA GeForce RTX 4090" and free.value == 25757220864 - int(1.5 * GiB)
     assert not list(out.parent.glob(".m3d-report-*"))  # no temporary left behind
+
+
+def test_a_plan_the_host_ram_cannot_hold_is_refused_with_numbers(doctor):
+    """720p on a 16 GiB card streams most blocks from pinned host memory (~32 GiB): on a host with less usable
+    RAM (this CI machine has 24 GiB) the vram check fails, so `run`'s preflight refuses before loading."""
+    import psutil
+
+    if psutil.virtual_memory().available > 30 * GiB:
+        pytest.skip("this host has enough RAM for the plan")
+    run = doctor("check", "vram", "--stage", "video", "--resolution", "720", "--budget", "16GiB", "--json")
+    assert run.rc == 1
+    (f,) = run.findings("vram.host-ram-short")
+    assert f["evidence"]["stage"] == "video" and f["evidence"]["host_needed"] > f["evidence"]["host_usable"]
+    assert "GiB of host RAM" in f["title"]

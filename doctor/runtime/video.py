@@ -532,7 +532,8 @@ def denoise_video(inputs: VideoInputs, case: Path, plan: dict[str, Any], device:
     frames_np = np.stack([np.asarray(f) for f in video])
     return video, {"frames": len(video), "size": [height, width], "phase_peaks": phases.peaks,
                    "phase_seconds": phases.seconds, "streamed_indices": sorted(phases.streamed),
-                   "frame_mean": round(float(frames_np.mean()), 4), "finite": bool(np.isfinite(frames_np).all())}
+                   "frame_mean": round(float(frames_np.mean()), 4), "finite": bool(np.isfinite(frames_np).all()),
+                   "frames_sha256": __import__("hashlib").sha256(frames_np.tobytes()).hexdigest()}
 
 
 def write_outputs(case: Path, video: list[Any]) -> None:
