@@ -48,6 +48,18 @@ def tokenizer(folder: Path) -> None:
                     model_max_length=512, extra_ids=0).save_pretrained(str(folder))
 
 
+def _teach(ds, converter: type, digest: str, config: dict) -> None:
+    """Make upstream's state-dict converter return `config` for the tiny model's key hash (harness only)."""
+    orig = converter.from_civitai
+
+    def from_civitai(self, state_dict):
+        if ds.hash_state_dict_keys(state_dict) == digest:
+            return state_dict, dict(config)
+        return orig(self, state_dict)
+
+    converter.from_civitai = from_civitai
+
+
 def build(root: Path, work: Path, resolution: int) -> dict:
     from m3d_doctor import upstream
     from m3d_doctor.runtime import video
@@ -98,24 +110,10 @@ def build(root: Path, work: Path, resolution: int) -> dict:
         digest = ds.hash_state_dict_keys(state, with_shape=True)
         tiny[name] = digest
         ds.configs.append((None, digest, [name], [cls], "civitai"))
-    orig = WanModelStateDictConverter.from_civitai
-
-    def from_civitai(self, state_dict):
-        if ds.hash_state_dict_keys(state_dict) == tiny["wan_video_dit"]:
-            return state_dict, dict(TINY_DIT)
-        return orig(self, state_dict)
-
-    WanModelStateDictConverter.from_civitai = from_civitai
     from diffsynth.models.wan_video_text_encoder import WanTextEncoderStateDictConverter
 
-    orig_t5 = WanTextEncoderStateDictConverter.from_civitai
-
-    def t5_from_civitai(self, state_dict):
-        if ds.hash_state_dict_keys(state_dict) == tiny["wan_video_text_encoder"]:
-            return state_dict, dict(TINY_T5)
-        return orig_t5(self, state_dict)
-
-    WanTextEncoderStateDictConverter.from_civitai = t5_from_civitai
+    _teach(ds, WanModelStateDictConverter, tiny["wan_video_dit"], TINY_DIT)
+    _teach(ds, WanTextEncoderStateDictConverter, tiny["wan_video_text_encoder"], TINY_T5)
     return {"hashes": tiny, "model_dir": str(mdir), "lora": str(lpath)}
 
 

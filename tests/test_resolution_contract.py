@@ -8,18 +8,16 @@ pod and no `--force` is given.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
-from conftest import FIXTURES
+from gpureplay import replay
 from m3d_doctor.errors import UsageError
 from m3d_doctor.profile import load_profile
 from m3d_doctor.stages import split_resolution
 
-REC = json.loads((FIXTURES / "gpu" / "h200-torch2.11-cu130.json").read_text())
 GiB = 1024**3
 PLAN_KEYS = ("mode", "streamed_indices", "predicted_peak_bytes")
 STAGES = load_profile().stages
@@ -38,15 +36,6 @@ def card(total: int, used: int, name: str) -> Callable[[dict[str, Any]], None]:
 
 RTX4090 = card(25757220864, int(1.5 * GiB), "NVIDIA GeForce RTX 4090")  # derived: a 24 GB card
 SMALL = card(4 * GiB, int(0.5 * GiB), "NVIDIA T400 4GB")  # derived: a 4 GB card, where stages do not fit
-
-
-def replay(tmp_path: Path, mutate: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, str]:
-    rec = copy.deepcopy(REC)
-    if mutate:
-        mutate(rec["nvml"])
-    p = tmp_path / "nvml.json"
-    p.write_text(json.dumps(rec))
-    return {"M3D_DOCTOR_NVML_REPLAY": str(p)}
 
 
 def strict_json(text: str) -> Any:

@@ -7,24 +7,13 @@ tool) or variants derived from it, named as such: these CI machines have no NVID
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
-from conftest import FIXTURES
+from gpureplay import REC, replay
 from prometheus_client.parser import text_string_to_metric_families
 
-REC = json.loads((FIXTURES / "gpu" / "h200-torch2.11-cu130.json").read_text())
 GiB = 1024**3
-
-
-def replay(tmp_path, mutate=None):
-    rec = copy.deepcopy(REC)
-    if mutate:
-        mutate(rec["nvml"])
-    p = tmp_path / "nvml.json"
-    p.write_text(json.dumps(rec))
-    return {"M3D_DOCTOR_NVML_REPLAY": str(p)}
 
 
 def rtx4090(nvml):  # derived: a 24 GB card with another container holding 1.5 GiB
