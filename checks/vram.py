@@ -60,7 +60,7 @@ class VramCheck(Check):
                                     evidence={"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                               "gpus": [g["index"] for g in snap.get("gpus", [])]}))
         budget = choose_budget(budget_override, gpus)
-        if budget is None:
+        if budget is None or ctx.options.extra.get("plan_stages") is False:
             return findings
         findings += self._stages(ctx, budget)
         return findings
@@ -141,12 +141,18 @@ class VramCheck(Check):
                     cause="not everything fits resident in the budget; m3d-doctor run places it this way "
                           "(never the upstream whole-pipeline .to(device))", evidence=ev))
             else:
+                phase, top = max(plan.phase_peaks.items(), key=lambda kv: kv[1], default=("denoise", 0))
+                cause = ("activations alone exceed the budget at this resolution" if phase == "denoise" else
+                         f"its {phase.replace('_', ' ')} phase alone needs {top / GiB:.1f} GiB (weights that are "
+                         "never streamed: a larger GPU, not a lower resolution)")
                 out.append(Finding(
                     "vram.stage-does-not-fit", Severity.FAIL,
-                    f"{label}: does not fit in {sp.budget / GiB:.1f} GiB even streaming every block (peak {peak})",
-                    cause="activations alone exceed the budget at this resolution", evidence=ev,
-                    remedy=Remedy("m3d-doctor run --resolution 480 ..." if name == "video" else
-                                  "use a lower resolution or a larger GPU")))
+                    f"{label}: does not fit in {sp.budget / GiB:.1f} GiB even streaming every block (peak {peak}, "
+                    "2 GiB kept free for the CUDA context and fragmentation)",
+                    cause=cause, evidence=ev,
+                    remedy=Remedy("m3d-doctor run --resolution 480 ..." if name == "video" and phase == "denoise"
+                                  else "use a lower resolution or a larger GPU" if phase == "denoise"
+                                  else "a GPU with more memory")))
         return out
 
     def _host_for_plan(self, sp: Any) -> list[Finding]:

@@ -46,6 +46,7 @@ class StageModel:
     # Video stage (Matrix-3D's native Wan stage): encoders run in sequential phases, never co-resident; each is
     # (weights on the GPU, activation bytes, activation bytes per video pixel of the conditioning video).
     encode_phases: tuple[tuple[int, int, float], ...] = ()
+    encode_names: tuple[str, ...] = ()  # one per encode phase, for plans and findings ("encode_text", ...)
     decode_act: int = 0  # > 0: the decode transient is this constant (a fixed tile), the transformer freed
     host_lazy: bool = False  # weights are materialised lazily: host RAM = encoders, then the streamed blocks
     host_encoder_bytes: int = 0  # what the encoders hold in host RAM while loading (file transients included)
@@ -152,7 +153,8 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
     if not model.encode_phases and encode[0] > budget:
         notes.append("text encoders do not fit: encode on the CPU (slower prompt encoding, same result)")
         encode = [0]
-    encode_names = ["encode"] if len(encode) == 1 else [f"encode_{i + 1}" for i in range(len(encode))]
+    encode_names = (["encode"] if len(encode) == 1 else list(model.encode_names)
+                    or [f"encode_{i + 1}" for i in range(len(encode))])
 
     def finish(plan: Plan, resident_weights: int, extra: int) -> Plan:
         denoise = resident_weights + extra + act + model.vae_bytes  # the VAE waits on the GPU for the decode
@@ -167,7 +169,8 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
         plan.fits = plan.predicted_reserved <= budget
         plan.notes = notes + plan.notes
         if model.host_lazy:
-            streamed = sum(model.block_bytes[i] for i in plan.streamed_indices)
+            # PartialResidency pins one buffer per streamed block, and torch rounds each up to a power of two
+            streamed = sum(pinned_bytes(model.block_bytes[i]) for i in plan.streamed_indices)
             block = max(model.block_bytes, default=0)
             plan.host_peak = model.host_base + max(model.host_encoder_bytes,
                                                    streamed + model.vae_bytes + 2 * block)
@@ -222,6 +225,12 @@ def plan_stage(model: StageModel, device: Device, height: int, width: int,
     if not p.fits:
         p.mode = "does-not-fit"
     return p
+
+
+def pinned_bytes(size: int) -> int:
+    """What a pinned host buffer of `size` bytes costs: torch's CachingHostAllocator rounds it up to a power of
+    two (one 0.75 GiB Wan block per buffer pinned 1 GiB each on the H200: a third more host RAM)."""
+    return 1 << max(size - 1, 0).bit_length() if size > 0 else 0
 
 
 def denoise_peak(model: StageModel, streamed: list[int], height: int, width: int, vae_resident: bool = True) -> int:

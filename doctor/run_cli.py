@@ -99,7 +99,7 @@ def _pano_plan(args: argparse.Namespace, ctx: Any) -> dict[str, Any]:
         return {"mode": "resident", "fits": True, "streamed_indices": [], "vae_tile": None,
                 "notes": ["cpu: everything in host memory"]}
     sp = _stage_plan(ctx, "pano", hw=(args.height, args.width))
-    return {**sp.plan_dict(), "budget_bytes": sp.budget}
+    return {**sp.plan_dict(), "budget_bytes": sp.budget, "device": _cuda_device(args, sp)}
 
 
 def _lora(ctx: Any) -> Optional[Path]:
@@ -130,16 +130,29 @@ def _located(ctx: Any, repo: str, path: str, resolution: Optional[str] = None) -
 
 
 def video_inputs(ctx: Any, root: Path, res: int) -> upstream.VideoInputs:
-    """The files the native video stage reads, found where the checkpoints check finds them (so `check` and
-    `run` agree), falling back to upstream's checkout layout for what is nowhere."""
+    """The files the native video stage reads, each found where the checkpoints check finds it (override, HF
+    cache, checkout: so `check` and `run` agree), else upstream's checkout layout. The tokenizer folder is read
+    beside the T5 file, as upstream's `fetch_models` reads it."""
     name = str(res)
     repo = f"Wan-AI/Wan2.1-I2V-14B-{res}P"
-    shard = _located(ctx, repo, upstream.VIDEO_SHARDS[0], name)
-    base = upstream.VideoInputs.in_checkout(root, res, model_dir=shard.parent if shard else None)
-    lora = _located(ctx, "Skywork/Matrix-3D", f"checkpoints/{Path(upstream.VIDEO_LORA[res]).name}", name)
-    moge = _located(ctx, "Ruicheng/moge-vitl", "model.pt")
-    return upstream.VideoInputs(base.root, res, base.shards, base.t5, base.clip, base.vae, base.tokenizer,
-                                lora or base.lora, moge or base.moge)
+    base = upstream.VideoInputs.in_checkout(root, res)
+
+    def find(default: Path, found_repo: str, path: str, resolution: Optional[str] = name) -> Path:
+        return _located(ctx, found_repo, path, resolution) or default
+
+    shards = tuple(find(d, repo, d.name) for d in base.shards)
+    t5 = find(base.t5, repo, upstream.VIDEO_T5)
+    lora = find(base.lora, "Skywork/Matrix-3D", f"checkpoints/{Path(upstream.VIDEO_LORA[res]).name}")
+    return upstream.VideoInputs(base.root, res, shards, t5, find(base.clip, repo, upstream.VIDEO_CLIP),
+                                find(base.vae, repo, upstream.VIDEO_VAE), t5.parent / upstream.VIDEO_TOKENIZER,
+                                lora, find(base.moge, "Ruicheng/moge-vitl", "model.pt", None))
+
+
+def _cuda_device(args: argparse.Namespace, sp: Optional[StagePlan]) -> str:
+    """The device a stage runs on: the GPU its plan was made for (the best visible one), by CUDA index."""
+    if args.device == "cpu" or sp is None:
+        return args.device
+    return f"cuda:{int(sp.gpu.get('cuda_index', 0) or 0)}"
 
 
 def _video_spec(args: argparse.Namespace, ctx: Any, root: Path, stage_dir: Path, res: int) -> StageSpec:
@@ -147,6 +160,7 @@ def _video_spec(args: argparse.Namespace, ctx: Any, root: Path, stage_dir: Path,
     it (`stage_plan`, one source of truth); on the CPU everything stays in host memory."""
     version = upstream.video_version(root)
     inputs = video_inputs(ctx, root, res)
+    sp = None
     if args.device == "cpu":
         plan = {"mode": "resident", "fits": True, "streamed_indices": [], "notes": ["cpu: host memory"]}
     else:
@@ -161,9 +175,10 @@ def _video_spec(args: argparse.Namespace, ctx: Any, root: Path, stage_dir: Path,
         plan["missing"] = missing
     cmd = [ctx.target.python, "-m", "m3d_doctor.runtime.video", "run", "--inputs-json",
            json.dumps(inputs.to_dict()), "--plan-json", json.dumps(plan), "--out", str(stage_dir),
-           "--seed", str(args.seed), "--steps", str(args.video_steps), "--device", args.device,
+           "--seed", str(args.seed), "--steps", str(args.video_steps), "--device", _cuda_device(args, sp),
            "--angle", str(args.angle), "--movement-range", str(args.movement_range),
-           "--movement-mode", args.movement_mode, "--json-path", args.camera_json or "",
+           "--movement-mode", args.movement_mode,
+           "--json-path", str(Path(args.camera_json).expanduser().resolve()) if args.camera_json else "",
            "--frames", str(args.video_frames)]
     if args.video_size:
         cmd += ["--size", args.video_size]
@@ -199,7 +214,7 @@ def build_specs(args: argparse.Namespace, ctx: Any, stages: list[str]) -> list[S
         cmd = [python, "-m", "m3d_doctor.runtime.pano", "--source-json", json.dumps(source.to_dict()),
                "--plan-json", json.dumps(plan), "--prompt", args.prompt, "--out", str(stage_dir),
                "--seed", str(args.seed), "--steps", str(args.steps), "--height", str(args.height),
-               "--width", str(args.width), "--device", args.device]
+               "--width", str(args.width), "--device", plan.get("device", args.device)]
         if lora is not None:
             cmd += ["--lora", str(lora)]
         if args.no_wrap:
@@ -249,6 +264,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_dry_run(specs, args.json)
     out = Path(args.out).resolve()
+    if "pano" not in stages and "video" in stages:
+        lack = [n for n in runflow.OUTPUTS["pano"] if not (out / n).is_file()]
+        if lack:
+            raise MissingInputs(f"--out {out}: no {' or '.join(lack)} for the video stage (run the pano stage: "
+                                "--stages pano,video, or put the panorama and its prompt there)")
     manifest = runflow.Manifest(out) if out.is_dir() else None  # a finished stage needs no inputs any more
     for spec in specs:
         missing = (spec.plan or {}).get("missing")
@@ -256,6 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             more = f" (and {len(missing) - 1} more: --dry-run lists them)" if len(missing) > 1 else ""
             raise MissingInputs(f"stage {spec.name} cannot start: {missing[0]}{more}")
     if not args.force:
+        if args.device == "cpu":  # nothing is placed on a GPU: its plans are not this run's
+            ctx.options.extra["plan_stages"] = False
         bad = runflow.preflight(ctx, stages)
         if bad:
             print(f"m3d-doctor: run refused: {len(bad)} preflight failure(s) (--force to run anyway):",

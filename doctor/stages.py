@@ -33,7 +33,7 @@ from . import knowledge
 from .errors import UsageError
 from .gpu_budget import Budget, resolve_budget
 from .planner import Device, Plan, StageModel, plan_stage
-from .safetensors_header import HeaderError, read_header
+from .safetensors_header import DTYPE_BYTES, HeaderError, read_header
 
 if TYPE_CHECKING:
     from .context import Context
@@ -91,8 +91,10 @@ def resolution(stage: dict[str, Any], text: Optional[str]) -> tuple[int, int]:
     return stage_resolution(str(stage.get("kind", "stage")), stage, text)
 
 
-def _header_blocks(files: list[Path], prefixes: list[str]) -> Optional[tuple[list[int], int]]:
-    """Per-block bytes (in prefix order, then index order) and the remaining bytes, from safetensors headers."""
+def _header_blocks(files: list[Path], prefixes: list[str],
+                   elem_bytes: Optional[int] = None) -> Optional[tuple[list[int], int]]:
+    """Per-block bytes (in prefix order, then index order) and the remaining bytes, from safetensors headers; with
+    `elem_bytes`, sized as the stage loads them (the Wan shards are fp32 on disk, bf16 once loaded)."""
     per: dict[tuple[int, int], int] = {}
     other = 0
     for f in files:
@@ -102,6 +104,8 @@ def _header_blocks(files: list[Path], prefixes: list[str]) -> Optional[tuple[lis
             return None
         for name in header.tensors:
             size = header.tensor_bytes(name)
+            if elem_bytes:
+                size = size // DTYPE_BYTES.get(header.tensors[name].get("dtype", "BF16"), 2) * elem_bytes
             for pi, prefix in enumerate(prefixes):
                 if name.startswith(prefix):
                     idx = int(name[len(prefix):].split(".", 1)[0])
@@ -126,7 +130,9 @@ def stage_model(stage_name: str, stage: dict[str, Any],
     other = int(stage["transformer_bytes"]) - sum(blocks)
     source = "profile"
     if weight_files:
-        found = _header_blocks(weight_files, [b["prefix"] for b in blocks_cfg])
+        load = stage.get("load_dtype")
+        found = _header_blocks(weight_files, [b["prefix"] for b in blocks_cfg],
+                               DTYPE_BYTES.get(str(load).upper()) if load else None)
         if found:
             blocks, other = found
             source = "safetensors headers"
@@ -140,7 +146,8 @@ def stage_model(stage_name: str, stage: dict[str, Any],
         temporal_stride=int(stage.get("temporal_stride", 4)),
         flops_per_token=float(stage.get("flops_per_token", 0)),
         attn_flops_coeff=float(stage.get("attn_flops_coeff", 0)),
-        encode_phases=tuple((int(w), int(a), float(px)) for w, a, px in stage.get("encode_phases", ())),
+        encode_phases=tuple((int(e[0]), int(e[1]), float(e[2])) for e in stage.get("encode_phases", ())),
+        encode_names=tuple(str(e[3]) for e in stage.get("encode_phases", ()) if len(e) > 3),
         decode_act=int(stage.get("decode_act", 0)), host_lazy=bool(stage.get("host_lazy", False)),
         host_encoder_bytes=int(stage.get("host_encoder_bytes", 0)), host_base=int(stage.get("host_base", 0)),
         alloc_slack_per_token=float(stage.get("alloc_slack_per_token", 0)),

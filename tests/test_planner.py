@@ -73,7 +73,7 @@ def test_video_fits_24_gib_with_streaming_at_both_resolutions():
     assert (p720.mode, p720.streamed_blocks) == ("partial", 27) and p720.fits
     for p in (p480, p720):
         assert p.predicted_peak <= 22 * GiB
-        assert p.phase_peaks["encode_1"] < 11.5 * GiB  # T5 alone: CLIP and the DiT are never beside it
+        assert p.phase_peaks["encode_text"] < 11.5 * GiB  # T5 alone: CLIP and the DiT are never beside it
         assert p.host_peak is not None and p.host_peak <= 32 * GiB
 
 

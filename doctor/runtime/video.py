@@ -104,6 +104,14 @@ def run_moge(inputs: VideoInputs, image: Path, case: Path, device: str) -> tuple
     return depth, mask
 
 
+def needs_cuda_render(root: Path) -> bool:
+    """Whether the checkout's rail render can only run on CUDA (upstream's uses `dr.RasterizeCudaContext`)."""
+    try:
+        return "RasterizeCudaContext" in (root / "code/utils_3dscene/nvrender.py").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def condition(inputs: VideoInputs, case: Path, device: str, angle: float, movement_range: float,
               movement_mode: str, json_path: str, frames: int) -> None:
     """Upstream L231-275 on one device: moge.png, MoGe, the rail render, the condition files."""
@@ -111,6 +119,8 @@ def condition(inputs: VideoInputs, case: Path, device: str, angle: float, moveme
     _import_paths(inputs.root)
     from utils_3dscene.nvrender import load_rail, perform_camera_movement_with_cam_input
 
+    if json_path and not os.path.isfile(json_path):
+        raise StageInputError(f"--camera-json {json_path}: no such file")
     src = cv2.imread(str(case / "pano_img.jpg"), cv2.IMREAD_UNCHANGED)
     if src is None:
         raise StageInputError(f"{case / 'pano_img.jpg'}: missing or unreadable (run the pano stage first)")
@@ -126,7 +136,7 @@ def condition(inputs: VideoInputs, case: Path, device: str, angle: float, moveme
     pano_t = (torch.from_numpy(panorama).float() / 255.0).to(device)
     depth_t = torch.from_numpy(depth).float().to(device)
     mask_t = torch.from_numpy(mask).bool().to(device)
-    rail = load_rail(json_path) if json_path and os.path.exists(json_path) else None
+    rail = load_rail(json_path) if json_path else None
     rgb, rmask, rts, ff_rgb, ff_depth, angle = perform_camera_movement_with_cam_input(
         pano_t, depth_t, angle=angle, movement_ratio=movement_range, frame_size=frames, preset_rail=rail,
         mode=movement_mode)
@@ -323,6 +333,7 @@ class LazyDiT:
         for i, block in enumerate(dit.blocks):
             self._load(f"blocks.{i}", block, torch.device("cpu") if i in streamed else device)
             self.blocks_done = i + 1
+        self.lora = {}  # merged: its host copy is not needed any more
         leftover = [n for n, p in dit.named_parameters() if p.is_meta]
         if leftover:
             raise StageInputError(f"the DiT shards lack {len(leftover)} tensors (first: {leftover[0]})")
@@ -367,19 +378,20 @@ class Phases:
             self.pipe.prompter.text_encoder = None
 
     def __call__(self, names: list[str] = ()) -> None:  # noqa: B006 - upstream's signature
+        """Free what the finished phase used for the last time, record its peak, then place the next phase."""
         names = list(names)
         dev = self.device
         if "text_encoder" in names:
             self._close_phase("text_encoder")
             self.pipe.text_encoder.to(dev)
         elif "image_encoder" in names:
-            self._close_phase("image_encoder")
             self._drop("text_encoder")
+            self._close_phase("image_encoder")
             self.pipe.image_encoder.to(dev)
             self.pipe.vae.to(dev)
         elif "dit" in names:
-            self._close_phase("load_dit")
             self._drop("image_encoder")
+            self._close_phase("load_dit")
             self.pipe.vae.to(dev)  # the planner keeps the VAE on the GPU while denoising
             self.dit.materialise(dev, self.streamed)
             self.residency = place_dit(self.dit.model, self.streamed, dev)
@@ -390,15 +402,14 @@ class Phases:
             if self.guard is not None:
                 self.guard.__exit__(None, None, None)
                 self.guard = None
-            self._close_phase("decode")
             if self.residency is not None:
                 self.residency.remove()
                 self.residency = None  # its pinned host buffers and GPU slots go with it
             self._drop("dit")
+            self._close_phase("decode")
             self.pipe.vae.to(dev)
         else:
             self._close_phase("end")
-
 
 ROPE_CHUNK = 4096  # tokens per slice of the float64 RoPE temporaries (2 x 0.17 GB at 4096 tokens)
 
@@ -606,6 +617,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         problems = inputs.problems()
         if problems:
             raise StageInputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        missing = [n for n in ("pano_img.jpg", "prompt.txt") if not (case / n).is_file()]
+        if missing:
+            raise StageInputError(f"{case}: no {' or '.join(missing)} (the pano stage writes them; run it first)")
+        if device.type != "cuda" and a.phase != "generate" and needs_cuda_render(inputs.root):
+            raise StageInputError("the camera-rail render (code/utils_3dscene/nvrender.py) uses nvdiffrast's CUDA "
+                                  "rasterizer: the video stage needs a GPU (--device cuda)")
         t0 = time.perf_counter()
         if a.phase == "condition":
             condition(inputs, case, str(device), a.angle, a.movement_range, a.movement_mode, a.json_path, a.frames)
