@@ -159,6 +159,9 @@ def _video_spec(args: argparse.Namespace, ctx: Any, root: Path, stage_dir: Path,
     """The native video stage (m3d_doctor.runtime.video) at `res`, placed by the plan `check vram` reports for
     it (`stage_plan`, one source of truth); on the CPU everything stays in host memory."""
     version = upstream.video_version(root)
+    if args.device == "cpu" and upstream.render_needs_cuda(root):
+        raise UsageError("--device cpu: the video stage's camera-rail render (code/utils_3dscene/nvrender.py) uses "
+                         "nvdiffrast's CUDA rasterizer; run it on a GPU")
     inputs = video_inputs(ctx, root, res)
     sp = None
     if args.device == "cpu":

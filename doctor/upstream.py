@@ -128,6 +128,15 @@ VENDORED = {"diffsynth": "code/DiffSynth-Studio/diffsynth/pipelines/wan_video.py
             "nvrender": "code/utils_3dscene/nvrender.py", "MoGe": "code/MoGe/scripts/infer_panorama.py"}
 
 
+def render_needs_cuda(root: Path) -> bool:
+    """Whether the checkout's camera-rail render runs on CUDA only (upstream's uses nvdiffrast's
+    `RasterizeCudaContext`, no CPU path): the video stage then needs a GPU."""
+    try:
+        return "RasterizeCudaContext" in (Path(root) / VENDORED["nvrender"]).read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def video_version(root: Path) -> str:
     """Which upstream video script this checkout has: '980959f' (the snapshot) or 'later' (adds the low-VRAM
     flag and the Wan2.2 5B path). Raises UpstreamDrift when options the native stage mirrors are gone."""

@@ -166,3 +166,16 @@ def test_video_plans_keep_reserved_memory_under_22_gib_on_a_24_gib_card():
     for h, w in ((480, 960), (720, 1440)):
         p = plan_stage(VIDEO, h100(24), h, w)
         assert p.fits and p.predicted_reserved <= 22 * GiB
+
+
+def test_fp32_shards_are_planned_at_the_dtype_the_stage_loads(tmp_path):
+    """The Wan shards are fp32 on disk; the stage holds bf16: header sizes are halved, not taken as they are."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    f = tmp_path / "diffusion_pytorch_model-00001-of-00007.safetensors"
+    save_file({"blocks.0.w": np.zeros((64, 64), np.float32), "blocks.1.w": np.zeros((64, 64), np.float32),
+               "head.w": np.zeros((8, 64), np.float32)}, str(f))
+    model, source = stage_model("video", PROFILE.stages["video"], [f])
+    assert source == "safetensors headers"
+    assert model.block_bytes == (64 * 64 * 2, 64 * 64 * 2) and model.other_transformer_bytes == 8 * 64 * 2

@@ -190,3 +190,23 @@ def test_a_checkout_missing_an_option_the_stage_mirrors_is_refused(doctor, check
     script.write_text(script.read_text().replace('"--movement_mode"', '"--rail_mode"'))
     r = doctor(*_args(checkout, case, video_venv, "--resolution", "480"))
     assert r.rc == 1 and "--movement_mode" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_video_stage_without_a_panorama_is_refused_up_front(doctor, checkout, video_venv, tmp_path):
+    out = tmp_path / "empty-case"
+    out.mkdir()
+    (out / "pano_img.jpg").write_bytes(b"jpg")
+    r = doctor(*_args(checkout, out, video_venv, "--resolution", "480"))
+    assert r.rc == 1 and "no prompt.txt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cpu_is_refused_when_the_checkouts_render_is_cuda_only(doctor, checkout, case, video_venv):
+    render = checkout / "code/utils_3dscene/nvrender.py"
+    render.write_text(render.read_text() + "\n# upstream: glctx = dr.RasterizeCudaContext()\n")
+    r = doctor(*_args(checkout, case, video_venv, "--resolution", "480"))
+    assert r.rc == 2 and "CUDA rasterizer" in r.stderr and not (case / "run.json").exists()
+
+
+def test_a_missing_camera_json_is_a_usage_error(doctor, checkout, case, video_venv, tmp_path):
+    r = doctor(*_args(checkout, case, video_venv, "--camera-json", str(tmp_path / "nope.json")))
+    assert r.rc == 2 and "--camera-json" in r.stderr

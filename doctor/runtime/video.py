@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from m3d_doctor.upstream import VIDEO_SCRIPT, VideoInputs
+from m3d_doctor.upstream import VIDEO_SCRIPT, VideoInputs, render_needs_cuda
 
 PROMPT_SUFFIX = (" The video is of high quality, and the view is very clear. High quality, masterpiece, best quality, "
                  "highres, ultra-detailed, fantastic.")  # upstream L328
@@ -102,14 +102,6 @@ def run_moge(inputs: VideoInputs, image: Path, case: Path, device: str) -> tuple
     if missing:
         raise RuntimeError(f"MoGe exited 0 but did not write {', '.join(missing)}")
     return depth, mask
-
-
-def needs_cuda_render(root: Path) -> bool:
-    """Whether the checkout's rail render can only run on CUDA (upstream's uses `dr.RasterizeCudaContext`)."""
-    try:
-        return "RasterizeCudaContext" in (root / "code/utils_3dscene/nvrender.py").read_text(errors="replace")
-    except OSError:
-        return False
 
 
 def condition(inputs: VideoInputs, case: Path, device: str, angle: float, movement_range: float,
@@ -620,7 +612,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         missing = [n for n in ("pano_img.jpg", "prompt.txt") if not (case / n).is_file()]
         if missing:
             raise StageInputError(f"{case}: no {' or '.join(missing)} (the pano stage writes them; run it first)")
-        if device.type != "cuda" and a.phase != "generate" and needs_cuda_render(inputs.root):
+        if device.type != "cuda" and a.phase != "generate" and render_needs_cuda(inputs.root):
             raise StageInputError("the camera-rail render (code/utils_3dscene/nvrender.py) uses nvdiffrast's CUDA "
                                   "rasterizer: the video stage needs a GPU (--device cuda)")
         t0 = time.perf_counter()
