@@ -11,26 +11,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
+from video_stage import GiB, _doctor_importable, rss  # noqa: E402 - the same folder
 
-sys.path.insert(0, "/tmp/m3d-bench-path")
-link = Path("/tmp/m3d-bench-path/m3d_doctor")
-link.parent.mkdir(parents=True, exist_ok=True)
-if not link.exists():
-    link.symlink_to(Path(__file__).resolve().parent.parent / "doctor")
+_doctor_importable()
 from m3d_doctor.runtime.residency import PartialResidency  # noqa: E402
-
-GiB = 1024**3
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def block() -> torch.nn.Module:
