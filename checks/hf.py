@@ -1,8 +1,8 @@
 """hf: Hugging Face token and gated access for every repo the profile needs — before the 40 GB download.
 
 Runs a probe through the target's own huggingface_hub (the version the pipeline will use), falling back to
-the doctor's interpreter when the target has none (the `m3d-doctor[hf]` extra). HF_ENDPOINT is honoured;
-with HF_HUB_OFFLINE=1 it verifies the cache instead of the network. The token is never printed: only where
+the doctor's interpreter when the target has none (huggingface_hub is a dependency of the doctor). HF_ENDPOINT is
+honoured; with HF_HUB_OFFLINE=1 it verifies the cache instead of the network. The token is never printed: only where
 it came from and its last 4 characters.
 """
 
@@ -65,7 +65,7 @@ class HfCheck(Check):
         if python is None:
             return [Finding("hf.no-hub", Severity.SKIP, "huggingface_hub is not installed here or in the target",
                             cause="the access check uses huggingface_hub's own client",
-                            remedy=Remedy("pip install 'm3d-doctor[hf]'"))]
+                            remedy=Remedy("pip install 'huggingface_hub>=0.25'  # m3d-doctor's own dependency"))]
         repos: dict[str, dict[str, Any]] = {}
         for m in ctx.models():
             entry = repos.setdefault(m.repo, {"repo": m.repo, "type": "model", "files": [], "gated": False,

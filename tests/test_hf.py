@@ -160,3 +160,12 @@ def test_older_hub_releases_in_the_target(doctor, hub, prof, tmp_path, hub_venvs
 def test_offline_flag_skips_the_network_check(doctor, prof, tmp_path):
     run = doctor("check", "hf", "--offline", "--profile", str(prof), "--json")
     assert run.finding_ids() == {"hf.skipped"}
+
+
+def test_the_doctors_own_install_carries_the_hub_client_for_the_hf_check():
+    """Issue #12: on a fresh pod whose target has no huggingface_hub, `check hf` runs through the doctor's own
+    interpreter; the quick start's plain `pip install .` must bring the client along."""
+    from importlib.metadata import requires
+
+    assert any(r.replace(" ", "").lower().startswith("huggingface_hub>=") or
+               r.replace(" ", "").lower().startswith("huggingface-hub>=") for r in requires("m3d-doctor") or [])
