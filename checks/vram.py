@@ -36,6 +36,13 @@ def cgroup_memory_limit() -> Optional[int]:
     return None
 
 
+def usable_host_ram() -> tuple[int, Optional[int]]:
+    """Host RAM a run can take now: what is available, capped by the container's cgroup limit (and that limit)."""
+    limit = cgroup_memory_limit()
+    available = psutil.virtual_memory().available
+    return (min(available, limit) if limit else available), limit
+
+
 class VramCheck(Check):
     name = "vram"
     description = "GPUs (NVML), host RAM and /dev/shm for offloading, and which plan fits each stage"
@@ -69,10 +76,9 @@ class VramCheck(Check):
         vm = psutil.virtual_memory()
         out = []
         ev = {"total": vm.total, "available": vm.available}
-        limit = cgroup_memory_limit()
+        usable, limit = usable_host_ram()
         if limit is not None:
             ev["cgroup_limit"] = limit
-        usable = min(vm.available, limit) if limit else vm.available
         need = max((int(s.get("transformer_bytes", 0)) + int(s.get("text_encoder_bytes", 0))
                     for s in ctx.profile.stages.values() if not s.get("host_lazy")), default=0)
         if need and usable < need:
@@ -161,9 +167,7 @@ class VramCheck(Check):
         need = sp.plan.host_peak
         if not need or not sp.plan.fits:
             return []
-        vm = psutil.virtual_memory()
-        limit = cgroup_memory_limit()
-        usable = min(vm.available, limit) if limit else vm.available
+        usable, limit = usable_host_ram()
         if usable >= need:
             return []
         return [Finding(

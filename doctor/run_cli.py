@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -73,13 +74,6 @@ def _resolution(value: Optional[str]) -> int:
         raise UsageError(f"--resolution {value}: a run takes 480 or 720 (the video resolution); "
                          "set the panorama size with --height/--width")
     return int(text)
-
-
-def _gpu_count() -> int:
-    from .nvml import snapshot
-
-    snap = snapshot()
-    return len(snap.get("gpus") or []) if snap.get("available") else 0
 
 
 def _stage_plan(ctx: Any, name: str, **kw: Any) -> StagePlan:
@@ -291,7 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = {"seed": args.seed, "inputs": {"prompt": args.prompt, "image": args.image, "stages": stages,
                                           "resolution": args.resolution, "steps": args.steps,
                                           "height": args.height, "width": args.width, "device": args.device},
-            "python": ctx.target.python, "versions": _versions(ctx), "started": __import__("time").time()}
+            "python": ctx.target.python, "versions": _versions(ctx), "started": time.time()}
     return runflow.execute(specs, Path(args.out).resolve(), meta, auto_downshift=args.auto_downshift)
 
 

@@ -24,7 +24,6 @@ planner then works on the real per-block sizes of the files that will load) and 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, Union
@@ -173,29 +172,23 @@ def pano_model(lora_bytes: int = 0) -> StageModel:
     return stage_model("pano", {**stage, "lora_bytes": lora_bytes})[0]
 
 
-def stage_repo(stage: dict[str, Any], resolution: Optional[str] = None) -> Optional[str]:
-    """The repo a stage's transformer comes from: its `models` table's entry for the named resolution (the
-    video stage: 480P and 720P are separate repos), else its `model`."""
-    return (stage.get("models") or {}).get(resolution or str(stage.get("resolution", ""))) or stage.get("model")
+def _is_shard(path: str) -> bool:
+    """A transformer weight file: `transformer/*.safetensors`, or a top-level `diffusion_pytorch_model*` shard."""
+    top = "/" not in path and path.startswith("diffusion_pytorch_model")
+    return path.endswith(".safetensors") and (path.startswith("transformer/") or top)
 
 
-def stage_weights(ctx: Context, stage: dict[str, Any], locate: Locator,
-                  resolution: Optional[str] = None) -> list[Path]:
-    """The stage's transformer shards (`transformer/*.safetensors`, or top-level `diffusion_pytorch_model*`
-    shards), when every one is on disk; [] otherwise. Their headers give the real block sizes."""
-    out = []
-    repo = stage_repo(stage, resolution)
+def stage_weights(ctx: Context, name: str, locate: Locator, resolution: Optional[str] = None) -> list[Path]:
+    """Stage `name`'s transformer shards, when every one is on disk; [] otherwise. Their headers give the real
+    block sizes. The shards come from the profile model of this stage holding them at this named resolution
+    (a model tagged `resolution`, as the video stage's 480P and 720P repos are, counts only at that one)."""
     for model in ctx.profile.models:
-        if model.repo != repo:
+        shards = [f for f in model.files if _is_shard(f.path)]
+        if model.stage != name or not shards or model.resolution not in (None, resolution):
             continue
-        for f in model.files:
-            top = "/" not in f.path and f.path.startswith("diffusion_pytorch_model")
-            if f.path.endswith(".safetensors") and (f.path.startswith("transformer/") or top):
-                path, _ = locate(ctx, model, f)
-                if path is None:
-                    return []
-                out.append(path)
-    return out
+        paths = [locate(ctx, model, f)[0] for f in shards]
+        return [] if None in paths else [p for p in paths if p is not None]
+    return []
 
 
 def stage_lora(ctx: Context, name: str, locate: Locator) -> Optional[Path]:
@@ -210,18 +203,8 @@ def stage_lora(ctx: Context, name: str, locate: Locator) -> Optional[Path]:
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
-    """`Plan.to_dict()` as strict JSON: a non-finite number (the planner's `inf` slowdown for sequential offload
-    or a stage that does not fit) becomes null, and `slowdown_unknown` says whether the slowdown is known."""
-    def finite(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [finite(x) for x in v]
-        return v
-
-    d = finite(plan.to_dict())
+    """`Plan.to_dict()` (strict JSON: an unknown slowdown is null, never `Infinity`) with `slowdown_unknown`."""
+    d = plan.to_dict()
     d["slowdown_unknown"] = d.get("predicted_slowdown") is None
     return d
 
@@ -282,7 +265,7 @@ def stage_plan(ctx: Context, name: str, *, resolution: Union[str, int, None] = N
     if hw is None:
         hw = (ctx.options.extra.get("stage_sizes") or {}).get(name)
     text = ctx.options.extra.get("resolution") if resolution is None else resolution
-    video_name = split_resolution(text)[1] if stage.get("resolutions") else None
+    video_name = (split_resolution(text)[1] or str(stage.get("resolution", ""))) if stage.get("resolutions") else None
     if hw is None:
         hw = stage_resolution(name, stage, text)
     h, w = int(hw[0]), int(hw[1])
@@ -291,7 +274,7 @@ def stage_plan(ctx: Context, name: str, *, resolution: Union[str, int, None] = N
     if lora_bytes is None and lora is not None:
         lora_bytes = lora.stat().st_size
     table = stage if lora_bytes is None else {**stage, "lora_bytes": int(lora_bytes)}
-    weights = stage_weights(ctx, stage, locate, video_name) if locate is not None else None
+    weights = stage_weights(ctx, name, locate, video_name) if locate is not None else None
     model, source = stage_model(name, table, weights)
     plan = plan_stage(model, device_for(chosen.gpu, chosen.size), h, w)
     return StagePlan(name, h, w, chosen.size, chosen.basis, dict(chosen.gpu), source, model, plan, lora)

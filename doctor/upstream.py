@@ -209,14 +209,6 @@ class VideoInputs:
         return out
 
 
-def video_command(root: Path, inout_dir: Path, resolution: int, seed: Optional[int], nproc: int) -> list[str]:
-    """Upstream's own video script under torchrun (kept for reference and `--dry-run` comparisons; the runner
-    uses the native stage, m3d_doctor.runtime.video)."""
-    cli = read_cli(root / VIDEO_SCRIPT)
-    args = build_args(cli, {"--inout_dir": str(inout_dir), "--resolution": resolution, "--seed": seed})
-    return ["torchrun", "--nproc_per_node", str(max(1, nproc)), VIDEO_SCRIPT, *args]
-
-
 def scene_command(root: Path, python: str, inout_dir: Path, resolution: int, lrm: bool = False,
                   device: Optional[str] = None) -> list[str]:
     if lrm:

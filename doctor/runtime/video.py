@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import resource
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import time
 import types
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -454,15 +455,10 @@ def no_math_attention(device: torch.device) -> Any:
     """SDPA without its math backend while denoising: a fallback there materialises N x N scores (160 GiB at
     480p, DiffSynth-Studio#462). Flash, memory-efficient and cuDNN attention compute the same function."""
     if device.type != "cuda":
-        return _nullcontext()
+        return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 def progress(total_hint: int) -> Callable[[Any], Iterator[Any]]:
@@ -536,7 +532,7 @@ def denoise_video(inputs: VideoInputs, case: Path, plan: dict[str, Any], device:
     return video, {"frames": len(video), "size": [height, width], "phase_peaks": phases.peaks,
                    "phase_seconds": phases.seconds, "streamed_indices": sorted(phases.streamed),
                    "frame_mean": round(float(frames_np.mean()), 4), "finite": bool(np.isfinite(frames_np).all()),
-                   "frames_sha256": __import__("hashlib").sha256(frames_np.tobytes()).hexdigest()}
+                   "frames_sha256": hashlib.sha256(frames_np.tobytes()).hexdigest()}
 
 
 def write_outputs(case: Path, video: list[Any]) -> None:
