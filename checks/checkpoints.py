@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,7 +64,9 @@ class CheckpointsCheck(Check):
     def run(self, ctx: Context) -> list[Finding]:
         findings: list[Finding] = []
         for model in ctx.models():
-            findings += self._model(ctx, model)
+            # the stage a finding concerns: run's preflight only weighs the stages it will run
+            findings += [replace(f, evidence={**(f.evidence or {}), "stage": model.stage}) if model.stage else f
+                         for f in self._model(ctx, model)]
         if not any(f.severity in (Severity.FAIL, Severity.WARN) for f in findings):
             findings.insert(0, Finding("checkpoints.ok", Severity.OK,
                                        f"{len(ctx.models())} model entries present and complete"))

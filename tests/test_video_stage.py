@@ -210,3 +210,12 @@ def test_cpu_is_refused_when_the_checkouts_render_is_cuda_only(doctor, checkout,
 def test_a_missing_camera_json_is_a_usage_error(doctor, checkout, case, video_venv, tmp_path):
     r = doctor(*_args(checkout, case, video_venv, "--camera-json", str(tmp_path / "nope.json")))
     assert r.rc == 2 and "--camera-json" in r.stderr
+
+
+def test_a_video_only_run_is_not_refused_for_the_panorama_models(doctor, checkout, case, video_venv, tmp_path):
+    """Preflight weighs what concerns the stages it runs: with FLUX.1-dev nowhere on disk, a video-only run's
+    refusal (there are other failures on this CPU-only machine) never names the pano stage's checkpoints."""
+    args = [a for a in _args(checkout, case, video_venv, "--resolution", "480") if a not in ("--force",)]
+    r = doctor(*args, "--offline", env=replay(tmp_path, RTX4090))
+    assert "black-forest-labs/FLUX.1-dev" not in r.stderr and "Skywork/Matrix-3D: 1 of 1" not in r.stderr
+    assert "checkpoints.missing" not in r.stderr or "Wan-AI" in r.stderr
